@@ -1,0 +1,16 @@
+// The logger's configuration as it travels to spawn and forkserver children, so that a child logs
+// where and at what level its parent does (Python passes log_level and log_to_stderr the same way
+// in its preparation data).
+#pragma once
+
+namespace mp::detail {
+
+struct LogConfig {
+  int level = 0;
+  bool to_stderr = false;
+};
+
+LogConfig log_config();
+void apply_log_config(const LogConfig& config);
+
+}  // namespace mp::detail
