@@ -328,10 +328,10 @@ Bytes& Connection::send_buffer() {
   return c.out;
 }
 
-void Connection::trim_buffers() noexcept {
+void Connection::trim_buffer(bool send) noexcept {
   if (!impl_) return;
-  if (impl_->scratch.capacity() > kKeepBuffer) Bytes().swap(impl_->scratch);
-  if (impl_->out.capacity() > kKeepBuffer) Bytes().swap(impl_->out);
+  Bytes& buffer = send ? impl_->out : impl_->scratch;
+  if (buffer.capacity() > kKeepBuffer) Bytes().swap(buffer);
 }
 
 bool Connection::poll(Timeout timeout) {

@@ -106,11 +106,12 @@ class Connection {
   // The reusable buffer typed send() encodes into (cleared).
   Bytes& send_buffer();
   // Receives one message into the reusable receive buffer and returns a view of its payload,
-  // valid until the next receive or trim_buffers().
+  // valid until the next receive or trim_buffer(false).
   std::span<const std::byte> recv_message_view();
-  // Releases the reusable buffers when a large message has grown them (a 2 GiB message must not
-  // stay allocated), keeping small ones so that the steady state allocates nothing.
-  void trim_buffers() noexcept;
+  // Releases the reusable send (or receive) buffer when a large message has grown it (a 2 GiB
+  // message must not stay allocated), keeping a small one so that the steady state allocates
+  // nothing. One side only: a thread may send while another receives.
+  void trim_buffer(bool send) noexcept;
   static Connection from_imported_fd(std::int32_t index, bool readable, bool writable);
 
   std::shared_ptr<Impl> impl_;
@@ -122,7 +123,7 @@ template <class T>
 void Connection::send(const T& obj) {
   struct Trim {
     Connection* c;
-    ~Trim() { c->trim_buffers(); }
+    ~Trim() { c->trim_buffer(true); }
   } trim{this};
   Bytes& buffer = send_buffer();
   detail::dump_into(buffer, obj);  // reuses the buffer's capacity: no allocation in the steady state
@@ -133,7 +134,7 @@ template <class T>
 T Connection::recv() {
   struct Trim {
     Connection* c;
-    ~Trim() { c->trim_buffers(); }
+    ~Trim() { c->trim_buffer(false); }
   } trim{this};
   return mp::loads<T>(recv_message_view());
 }

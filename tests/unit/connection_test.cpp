@@ -3,6 +3,7 @@
 // the connection, not Process).
 #include <gtest/gtest.h>
 #include <multiprocessing/connection.hpp>
+#include <multiprocessing/process.hpp>
 
 #include "posix/fd.hpp"
 #include "posix/socket.hpp"
@@ -661,9 +662,56 @@ TEST(Wait, without_timeout_waits_until_something_is_ready) {
   sender.join();
 }
 
+TEST(Wait, a_process_is_ready_once_it_has_ended) {
+  auto [a, b] = mp::Pipe();
+  mp::Process p([b = b]() mutable { b.recv_bytes(); });  // ends when told to
+  p.start();
+  b.close();
+  mp::connection::Waitable w(p);
+  EXPECT_EQ(w.fileno(), p.sentinel());
+  EXPECT_TRUE(mp::connection::wait({w}, 0s).empty());
+  a.send_bytes("end");
+  auto ready = mp::connection::wait({w}, 60s);
+  ASSERT_EQ(ready.size(), 1u);
+  EXPECT_EQ(ready[0].fileno(), p.sentinel());
+  EXPECT_TRUE(p.join(10s));
+  EXPECT_EQ(p.exitcode(), 0);
+}
+
 TEST(Wait, a_descriptor_that_is_not_open_is_ebadf) {
   auto [a, b] = posix::stream_pair();
   int fd = a.get();
   a.reset();
   EXPECT_THROW(mp::connection::wait({fd}, 0s), std::system_error);
+}
+
+// ---- crossing to a spawned child: the codec's save/load ----
+
+TEST(Connection, saving_a_connection_outside_an_fd_export_is_invalid_argument) {
+  auto [a, b] = mp::Pipe();
+  EXPECT_THROW(mp::dumps(a), std::invalid_argument);
+}
+
+TEST(Connection, a_connection_crosses_as_a_descriptor_index_and_its_directions) {
+  auto [r, w] = mp::Pipe(false);
+  mp::Bytes saved;
+  std::vector<int> fds;
+  {
+    mp::detail::FdExport exported;
+    saved = mp::dumps(w);
+    fds = exported.fds();
+  }
+  ASSERT_EQ(fds.size(), 1u);
+  EXPECT_EQ(fds[0], w.fileno());
+  // what a spawned child does with the fds it was passed: its own copies
+  mp::Connection loaded;
+  {
+    mp::detail::FdImport imported({posix::dup_cloexec(fds[0]).release()});
+    loaded = mp::loads<mp::Connection>(saved);
+  }
+  EXPECT_NE(loaded.fileno(), w.fileno());
+  EXPECT_TRUE(loaded.writable());
+  EXPECT_FALSE(loaded.readable());
+  loaded.send_bytes("via the loaded copy");
+  EXPECT_EQ(text(r.recv_bytes()), "via the loaded copy");
 }
