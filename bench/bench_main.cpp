@@ -5,6 +5,7 @@
 //   mp_bench [--quick] [--case NAME]
 #include <multiprocessing.hpp>
 
+#include <sched.h>
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -27,12 +28,43 @@ bool quick = false;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// The median of `repeats` runs of body(n), each returning seconds for n operations, as seconds/op.
-double median_per_op(int repeats, long n, const std::function<double(long)>& body) {
-  std::vector<double> runs;
-  for (int r = 0; r < repeats; ++r) runs.push_back(body(n) / static_cast<double>(n));
-  std::sort(runs.begin(), runs.end());
-  return runs[runs.size() / 2];
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct PerOp {
+  double ours, raw;
+};
+
+// Seconds per operation of ours and of the raw limit: `repeats` runs of each body(n), alternated
+// so that both see the same machine weather; the median of each.
+PerOp measure(int repeats, long n, const std::function<double(long)>& ours, const std::function<double(long)>& raw) {
+  std::vector<double> o, r;
+  for (int i = 0; i < repeats; ++i) {
+    o.push_back(ours(n) / static_cast<double>(n));
+    r.push_back(raw(n) / static_cast<double>(n));
+  }
+  return {median(o), median(r)};
+}
+
+// Runs body with this process (and the children it starts) on one CPU: a ping-pong then measures
+// the cost of the messages and context switches, not where the scheduler happened to put the
+// two processes (cross-CPU wake-ups on a VM vary by 5x from run to run).
+template <class F>
+auto on_one_cpu(F body) {
+  cpu_set_t saved, one;
+  sched_getaffinity(0, sizeof saved, &saved);
+  CPU_ZERO(&one);
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &saved)) {
+      CPU_SET(c, &one);
+      break;
+    }
+  sched_setaffinity(0, sizeof one, &one);
+  auto result = body();
+  sched_setaffinity(0, sizeof saved, &saved);
+  return result;
 }
 
 void emit(const char* name, const char* unit, double ours, double raw) {
@@ -236,40 +268,41 @@ int main(int argc, char** argv) {
   const int reps = quick ? 1 : 5;
   auto scale = [&](long n) { return quick ? std::max(1L, n / 50) : n; };
 
-  if (selected(only, "pipe_pingpong_8B")) {
-    long n = scale(20000);
-    emit("pipe_pingpong_8B", "us/roundtrip", 1e6 * median_per_op(reps, n, [](long k) { return ours_pingpong(k, 8); }),
-         1e6 * median_per_op(reps, n, [](long k) { return raw_pingpong(k, 8); }));
-  }
-  if (selected(only, "pipe_throughput_1MiB")) {
-    long n = scale(2000);
-    const double mib = 1.0;
-    emit("pipe_throughput_1MiB", "MiB/s",
-         mib / median_per_op(reps, n, [](long k) { return ours_throughput(k, 1 << 20); }),
-         mib / median_per_op(reps, n, [](long k) { return raw_throughput(k, 1 << 20); }));
-  }
-  if (selected(only, "pipe_typed_struct")) {
-    long n = scale(20000);
-    // The raw limit here is our own untyped 24-byte round trip: what the codec costs on top.
-    emit("pipe_typed_struct", "us/roundtrip", 1e6 * median_per_op(reps, n, ours_typed_pingpong),
-         1e6 * median_per_op(reps, n, [](long k) { return ours_pingpong(k, 24); }));
-  }
-  if (selected(only, "process_fork")) {
-    long n = scale(500);
-    emit("process_fork", "ms/start+join", 1e3 * median_per_op(reps, n, [](long k) { return ours_start_join(k, "fork"); }),
-         1e3 * median_per_op(reps, n, raw_fork_join));
-  }
-  if (selected(only, "process_spawn")) {
-    long n = scale(50);
-    emit("process_spawn", "ms/start+join", 1e3 * median_per_op(reps, n, [](long k) { return ours_start_join(k, "spawn"); }),
-         1e3 * median_per_op(reps, n, raw_spawn_join));
-  }
+  auto report = [](const char* name, const char* unit, double scale_to_unit, PerOp m, bool rate) {
+    if (rate)
+      emit(name, unit, scale_to_unit / m.ours, scale_to_unit / m.raw);
+    else
+      emit(name, unit, scale_to_unit * m.ours, scale_to_unit * m.raw);
+  };
+  auto ours_pp = [](long k) { return ours_pingpong(k, 8); };
+  auto raw_pp = [](long k) { return raw_pingpong(k, 8); };
+  if (selected(only, "pipe_pingpong_8B"))
+    report("pipe_pingpong_8B", "us/roundtrip", 1e6, measure(reps, scale(20000), ours_pp, raw_pp), false);
+  if (selected(only, "pipe_pingpong_8B_1cpu"))
+    report("pipe_pingpong_8B_1cpu", "us/roundtrip", 1e6,
+           on_one_cpu([&] { return measure(reps, scale(20000), ours_pp, raw_pp); }), false);
+  if (selected(only, "pipe_throughput_1MiB"))
+    report("pipe_throughput_1MiB", "MiB/s", 1.0,
+           measure(reps, scale(2000), [](long k) { return ours_throughput(k, 1 << 20); },
+                   [](long k) { return raw_throughput(k, 1 << 20); }),
+           true);
+  // The raw limit of a typed send is our own untyped round trip of the same 24 bytes: what the
+  // codec costs on top. On one CPU, for the same reason as the ping-pong.
+  if (selected(only, "pipe_typed_struct_1cpu"))
+    report("pipe_typed_struct_1cpu", "us/roundtrip", 1e6, on_one_cpu([&] {
+             return measure(reps, scale(20000), ours_typed_pingpong, [](long k) { return ours_pingpong(k, 24); });
+           }),
+           false);
+  if (selected(only, "process_fork"))
+    report("process_fork", "ms/start+join", 1e3,
+           measure(reps, scale(500), [](long k) { return ours_start_join(k, "fork"); }, raw_fork_join), false);
+  if (selected(only, "process_spawn"))
+    report("process_spawn", "ms/start+join", 1e3,
+           measure(reps, scale(50), [](long k) { return ours_start_join(k, "spawn"); }, raw_spawn_join), false);
   if (selected(only, "process_forkserver")) {
-    long n = scale(200);
     ours_start_join(1, "forkserver");  // the server starts once per program: not part of the figure
-    emit("process_forkserver", "ms/start+join",
-         1e3 * median_per_op(reps, n, [](long k) { return ours_start_join(k, "forkserver"); }),
-         1e3 * median_per_op(reps, n, raw_fork_join));
+    report("process_forkserver", "ms/start+join", 1e3,
+           measure(reps, scale(200), [](long k) { return ours_start_join(k, "forkserver"); }, raw_fork_join), false);
   }
   return 0;
 }

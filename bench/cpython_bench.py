@@ -4,6 +4,7 @@ multiprocessing. Prints one JSON object per case: {"case", "unit", "cpython"}.
     python3 bench/cpython_bench.py [--quick] [--case NAME]
 """
 import json
+import os
 import multiprocessing as mp
 import statistics
 import sys
@@ -103,6 +104,16 @@ def start_join(n, method):
     return time.perf_counter() - t0
 
 
+def on_one_cpu(run):
+    """The ping-pong on one CPU, as bench_main.cpp measures it (children inherit the mask)."""
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(saved)})
+    try:
+        return run()
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
 def main():
     quick = '--quick' in sys.argv
     only = sys.argv[sys.argv.index('--case') + 1] if '--case' in sys.argv else None
@@ -114,7 +125,10 @@ def main():
     cases = [
         ('pipe_pingpong_8B', 'us/roundtrip', lambda: 1e6 * median_per_op(reps, scale(20000), lambda k: pingpong(k, 8))),
         ('pipe_throughput_1MiB', 'MiB/s', lambda: 1.0 / median_per_op(reps, scale(2000), lambda k: throughput(k, 1 << 20))),
-        ('pipe_typed_struct', 'us/roundtrip', lambda: 1e6 * median_per_op(reps, scale(20000), typed)),
+        ('pipe_pingpong_8B_1cpu', 'us/roundtrip',
+         lambda: on_one_cpu(lambda: 1e6 * median_per_op(reps, scale(20000), lambda k: pingpong(k, 8)))),
+        ('pipe_typed_struct_1cpu', 'us/roundtrip',
+         lambda: on_one_cpu(lambda: 1e6 * median_per_op(reps, scale(20000), typed))),
         ('process_fork', 'ms/start+join', lambda: 1e3 * median_per_op(reps, scale(500), lambda k: start_join(k, 'fork'))),
         ('process_spawn', 'ms/start+join', lambda: 1e3 * median_per_op(reps, scale(50), lambda k: start_join(k, 'spawn'))),
         ('process_forkserver', 'ms/start+join', lambda: (start_join(1, 'forkserver'), 1e3 * median_per_op(

@@ -8,6 +8,11 @@ namespace mp::detail {
 struct LogConfig {
   int level = 0;
   bool to_stderr = false;
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(level, to_stderr);
+  }
 };
 
 LogConfig log_config();

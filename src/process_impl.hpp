@@ -55,6 +55,7 @@ class PopenPidfd : public Popen {
 /// The per-process facts a child needs to become a Process of its own (Python's preparation
 /// data plus the recipe).
 struct Preparation {
+  std::uint32_t magic = 0x3150504d;  // "MPP1": a child of another library version refuses it
   std::string name;
   std::vector<int> identity;
   Bytes authkey;
@@ -67,6 +68,11 @@ struct Preparation {
   bool has_fn = false;
   posix::CodeRef fn;             // the target, when it is a function pointer
   Bytes args;                    // the codec's encoding of the argument tuple
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(magic, name, identity, authkey, daemon, parent_pid, parent_name, log, has_entry, entry, has_fn, fn, args);
+  }
 };
 
 /// Everything start() hands to a start method.

@@ -7,9 +7,9 @@
 //   first record:  'H' u64 total_size u32 total_fds  <first data bytes>
 //   then:          'D' <data bytes>
 // until total_size bytes and total_fds fds have arrived. Fd 0 is the parent's pidfd, the rest
-// are the handles the arguments exported (in FdExport order). The data is one Preparation in a
-// little format of our own (fixed-width integers, length-prefixed strings), read with bounds
-// checks: it comes from our parent over a private socket, but is validated anyway.
+// are the handles the arguments exported (in FdExport order). The data is one Preparation in the
+// native codec, which checks every bound: it comes from our parent over a private socket, but is
+// validated anyway.
 #include <multiprocessing/context.hpp>
 #include <multiprocessing/reduction.hpp>
 
@@ -20,6 +20,7 @@
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
+#include <tuple>
 
 #include "process_impl.hpp"
 
@@ -29,131 +30,19 @@ namespace {
 
 constexpr std::size_t kChunk = 64 * 1024;
 constexpr std::size_t kMaxFdsPerRecord = 250;
-constexpr std::uint32_t kPrepMagic = 0x3150504d;  // "MPP1"
 constexpr std::size_t kMaxPrepSize = std::size_t{1} << 32;
 constexpr std::size_t kMaxFds = 1 << 16;
+// The first record's header: tag 'H', total data size, total fds (13 bytes in the codec).
+using RecordHeader = std::tuple<char, std::uint64_t, std::uint32_t>;
+constexpr std::size_t kRecordHeaderSize = 1 + 8 + 4;
 
-// ---- the preparation's format ----
+// ---- the preparation's format: the native codec ----
 
-class Writer {
- public:
-  void u8(std::uint8_t v) { out_.push_back(std::byte{v}); }
-  void u32(std::uint32_t v) { raw(&v, sizeof v); }
-  void i32(std::int32_t v) { raw(&v, sizeof v); }
-  void u64(std::uint64_t v) { raw(&v, sizeof v); }
-  void bytes(std::span<const std::byte> b) {
-    u64(b.size());
-    raw(b.data(), b.size());
-  }
-  void str(std::string_view s) { bytes(std::as_bytes(std::span(s.data(), s.size()))); }
-  void code_ref(const posix::CodeRef& r) {
-    str(r.module);
-    bytes(r.build_id);
-    u64(r.offset);
-  }
-  Bytes take() { return std::move(out_); }
-
- private:
-  void raw(const void* p, std::size_t n) {
-    const auto* b = static_cast<const std::byte*>(p);
-    out_.insert(out_.end(), b, b + n);
-  }
-  Bytes out_;
-};
-
-class Reader {
- public:
-  explicit Reader(std::span<const std::byte> in) : in_(in) {}
-  std::uint8_t u8() {
-    std::uint8_t v;
-    raw(&v, 1);
-    return v;
-  }
-  std::uint32_t u32() {
-    std::uint32_t v;
-    raw(&v, sizeof v);
-    return v;
-  }
-  std::int32_t i32() {
-    std::int32_t v;
-    raw(&v, sizeof v);
-    return v;
-  }
-  std::uint64_t u64() {
-    std::uint64_t v;
-    raw(&v, sizeof v);
-    return v;
-  }
-  Bytes bytes() {
-    std::uint64_t n = u64();
-    if (n > in_.size()) fail();
-    Bytes out(in_.begin(), in_.begin() + static_cast<std::ptrdiff_t>(n));
-    in_ = in_.subspan(static_cast<std::size_t>(n));
-    return out;
-  }
-  std::string str() {
-    Bytes b = bytes();
-    return std::string(reinterpret_cast<const char*>(b.data()), b.size());
-  }
-  posix::CodeRef code_ref() {
-    posix::CodeRef r;
-    r.module = str();
-    r.build_id = bytes();
-    r.offset = u64();
-    return r;
-  }
-  bool done() const { return in_.empty(); }
-
- private:
-  [[noreturn]] static void fail() { throw std::invalid_argument("mp: malformed preparation data from the parent"); }
-  void raw(void* p, std::size_t n) {
-    if (n > in_.size()) fail();
-    std::memcpy(p, in_.data(), n);
-    in_ = in_.subspan(n);
-  }
-  std::span<const std::byte> in_;
-};
-
-Bytes encode_preparation(const Preparation& p) {
-  Writer w;
-  w.u32(kPrepMagic);
-  w.str(p.name);
-  w.u32(static_cast<std::uint32_t>(p.identity.size()));
-  for (int i : p.identity) w.i32(i);
-  w.bytes(p.authkey);
-  w.u8(p.daemon);
-  w.i32(p.parent_pid);
-  w.str(p.parent_name);
-  w.i32(p.log.level);
-  w.u8(p.log.to_stderr);
-  w.u8(p.has_entry);
-  if (p.has_entry) w.code_ref(p.entry);
-  w.u8(p.has_fn);
-  if (p.has_fn) w.code_ref(p.fn);
-  w.bytes(p.args);
-  return w.take();
-}
+Bytes encode_preparation(const Preparation& p) { return mp::dumps(p); }
 
 Preparation decode_preparation(std::span<const std::byte> data) {
-  Reader r(data);
-  Preparation p;
-  if (r.u32() != kPrepMagic) throw std::invalid_argument("mp: the preparation data is not from this library version");
-  p.name = r.str();
-  std::uint32_t n = r.u32();
-  if (n > 1024) throw std::invalid_argument("mp: malformed preparation data (identity)");
-  for (std::uint32_t i = 0; i < n; ++i) p.identity.push_back(r.i32());
-  p.authkey = r.bytes();
-  p.daemon = r.u8() != 0;
-  p.parent_pid = r.i32();
-  p.parent_name = r.str();
-  p.log.level = r.i32();
-  p.log.to_stderr = r.u8() != 0;
-  p.has_entry = r.u8() != 0;
-  if (p.has_entry) p.entry = r.code_ref();
-  p.has_fn = r.u8() != 0;
-  if (p.has_fn) p.fn = r.code_ref();
-  p.args = r.bytes();
-  if (!r.done()) throw std::invalid_argument("mp: malformed preparation data (trailing bytes)");
+  auto p = mp::loads<Preparation>(data);  // bounds-checked; trailing bytes are an error
+  if (p.magic != Preparation{}.magic) throw std::invalid_argument("mp: the preparation data is not from this library version");
   return p;
 }
 
@@ -245,11 +134,7 @@ bool send_preparation(int socket, const Preparation& prep, int parent_pidfd, std
   while (first || sent < data.size() || fds_sent < fds.size()) {
     record.clear();
     if (first) {
-      Writer h;
-      h.u8('H');
-      h.u64(data.size());
-      h.u32(static_cast<std::uint32_t>(fds.size()));
-      record = h.take();
+      record = mp::dumps(RecordHeader{'H', data.size(), static_cast<std::uint32_t>(fds.size())});
     } else {
       record.push_back(std::byte{'D'});
     }
@@ -286,13 +171,13 @@ Bytes receive_preparation(int socket, std::vector<posix::UniqueFd>& fds) {
     if (record.size() > kChunk) throw std::invalid_argument("mp: malformed preparation record (too long)");
     std::span<const std::byte> rest(record);
     if (first) {
-      Reader h(rest);
-      if (h.u8() != 'H') throw std::invalid_argument("mp: malformed preparation record (header)");
-      total = h.u64();
-      total_fds = h.u32();
+      auto [tag, size, nfds] = mp::loads<RecordHeader>(rest.first(std::min(kRecordHeaderSize, rest.size())));
+      if (tag != 'H') throw std::invalid_argument("mp: malformed preparation record (header)");
+      total = size;
+      total_fds = nfds;
       if (total > kMaxPrepSize || total_fds > kMaxFds || total_fds == 0)
         throw std::invalid_argument("mp: malformed preparation record (sizes)");
-      rest = rest.subspan(1 + 8 + 4);
+      rest = rest.subspan(kRecordHeaderSize);
       data.reserve(static_cast<std::size_t>(total));
       first = false;
     } else {

@@ -76,6 +76,11 @@ struct CodeRef {
   std::string module;
   std::vector<std::byte> build_id;
   std::uint64_t offset = 0;
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(module, build_id, offset);
+  }
 };
 /// Throws std::invalid_argument when the address is not inside an executable segment of a
 /// loaded module.
