@@ -42,6 +42,11 @@ struct Globals {
   std::vector<std::unique_ptr<Process::Impl>> orphans;
   Process* current = nullptr;
   Process* parent = nullptr;
+  // What a fork child inherited and must neither use nor destroy (destructors would act on the
+  // parent's resources): the parent's orphans and the grandparent's Process object. Kept here
+  // rather than dropped, so that they stay reachable (no leak reports) for the child's life.
+  std::vector<std::unique_ptr<Process::Impl>> inherited_orphans;
+  std::vector<Process*> former_parents;
   int counter = 0;  // Python's _process_counter: numbers the children created here
   std::atomic<bool> exit_handler_registered{false};
   bool exit_function_ran = false;
@@ -198,7 +203,7 @@ void become_child(const Preparation& prep, posix::UniqueFd parent_sentinel) {
   // The parent's children are not ours: forget them without running their destructors (their
   // targets may hold objects whose destruction would act on the parent's resources).
   g.children.clear();
-  for (auto& o : g.orphans) (void)o.release();
+  for (auto& o : g.orphans) g.inherited_orphans.push_back(std::move(o));
   g.orphans.clear();
   g.exit_function_ran = false;
   auto impl = std::make_unique<Process::Impl>();
@@ -208,7 +213,8 @@ void become_child(const Preparation& prep, posix::UniqueFd parent_sentinel) {
   impl->authkey = prep.authkey;
   impl->parent_ended = !parent_sentinel;
   impl->parent_sentinel = std::move(parent_sentinel);
-  g.parent = ProcessAccess::make(std::move(impl));  // a previous one (fork of a child) is leaked
+  if (g.parent) g.former_parents.push_back(g.parent);
+  g.parent = ProcessAccess::make(std::move(impl));
 }
 
 int bootstrap(const std::function<void()>& body) {
