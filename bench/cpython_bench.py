@@ -104,6 +104,53 @@ def start_join(n, method):
     return time.perf_counter() - t0
 
 
+def lock_uncontended(n):
+    lock = mp.Lock()
+    acquire, release = lock.acquire, lock.release
+    t0 = time.perf_counter()
+    for _ in range(n):
+        acquire()
+        release()
+    return time.perf_counter() - t0
+
+
+def _event_child(ping, pong, n):
+    for _ in range(n):
+        ping.wait()
+        ping.clear()
+        pong.set()
+
+
+def event_pingpong(n):
+    ping, pong = mp.Event(), mp.Event()
+    p = mp.get_context('fork').Process(target=_event_child, args=(ping, pong, n))
+    p.start()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        ping.set()
+        pong.wait()
+        pong.clear()
+    t = time.perf_counter() - t0
+    p.join()
+    return t
+
+
+def _increment(value, k):
+    for _ in range(k):
+        with value.get_lock():
+            value.value += 1
+
+
+def value_locked_increment(n):
+    v = mp.Value('l', 0)
+    p = mp.get_context('fork').Process(target=_increment, args=(v, n // 2))
+    p.start()
+    t0 = time.perf_counter()
+    _increment(v, n - n // 2)
+    p.join()
+    return time.perf_counter() - t0
+
+
 def on_one_cpu(run):
     """The ping-pong on one CPU, as bench_main.cpp measures it (children inherit the mask)."""
     saved = os.sched_getaffinity(0)
@@ -133,6 +180,12 @@ def main():
         ('process_spawn', 'ms/start+join', lambda: 1e3 * median_per_op(reps, scale(50), lambda k: start_join(k, 'spawn'))),
         ('process_forkserver', 'ms/start+join', lambda: (start_join(1, 'forkserver'), 1e3 * median_per_op(
             reps, scale(200), lambda k: start_join(k, 'forkserver')))[1]),
+        ('lock_uncontended', 'ns/acq+rel', lambda: 1e9 * median_per_op(reps, scale(1000000), lock_uncontended)),
+        ('lock_pingpong_2proc', 'us/roundtrip', lambda: 1e6 * median_per_op(reps, scale(20000), event_pingpong)),
+        ('lock_pingpong_2proc_1cpu', 'us/roundtrip',
+         lambda: on_one_cpu(lambda: 1e6 * median_per_op(reps, scale(20000), event_pingpong))),
+        ('value_locked_increment_2proc', 'Mincr/s',
+         lambda: 1e-6 / median_per_op(reps, scale(200000), value_locked_increment)),
     ]
     for name, unit, run in cases:
         if only and only != name:

@@ -8,3 +8,7 @@
 #include <multiprocessing/connection.hpp>
 #include <multiprocessing/context.hpp>
 #include <multiprocessing/process.hpp>
+#include <multiprocessing/pickle.hpp>
+#include <multiprocessing/synchronize.hpp>
+#include <multiprocessing/sharedctypes.hpp>
+#include <multiprocessing/shared_memory.hpp>

@@ -5,7 +5,10 @@
 #include "posix/fd.hpp"
 
 #include <cstddef>
+#include <cstdint>
+#include <optional>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -43,6 +46,10 @@ struct Received {
 };
 /// Receives one record of a SOCK_SEQPACKET socket into buf (EINTR retried).
 Received recv_record(int fd, std::span<std::byte> buf);
+/// recv_record without waiting: nullopt when no record is there yet.
+std::optional<Received> try_recv_record(int fd, std::span<std::byte> buf);
+/// recv() of what a stream socket has, without waiting: nullopt when nothing is there yet.
+std::optional<std::size_t> try_recv_some(int fd, std::span<std::byte> buf);
 /// Reads what is available of a byte stream, at most buf.size() bytes (blocks for at least one);
 /// 0 is end of file. Sockets use recv(), other fds read().
 std::size_t read_some(int fd, bool is_socket, std::span<std::byte> buf);
@@ -56,5 +63,35 @@ void poll_readable(std::span<const int> fds, const Deadline& deadline, std::vect
 /// 2 MiB-aligned part). For large receive buffers: on a virtual machine a 4 KiB page fault costs
 /// microseconds, and faulting in a 2 GiB message page by page took seconds. Errors are ignored.
 void advise_huge_pages(void* p, std::size_t n) noexcept;
+
+// ---- listening and connecting sockets (Listener / Client) ----
+
+/// A socket address as the listener code sees it: AF_INET (a dotted IPv4 host and a port) or
+/// AF_UNIX (a path; a leading '\0' is an abstract name).
+struct SocketAddress {
+  bool inet = false;
+  std::string host;
+  std::uint16_t port = 0;
+  std::string path;
+};
+
+/// socket + SO_REUSEADDR (AF_INET) + bind + listen, SOCK_STREAM | SOCK_CLOEXEC. An AF_INET host
+/// name is resolved with getaddrinfo (IPv4 only; "" is INADDR_ANY). std::invalid_argument for a
+/// host that does not resolve or an AF_UNIX path that is too long; std::system_error otherwise.
+UniqueFd listen_socket(const SocketAddress& address, int backlog);
+/// socket + connect (blocking; EINTR waits for the connection to finish). Errors as listen_socket.
+UniqueFd connect_socket(const SocketAddress& address);
+/// accept4(SOCK_CLOEXEC), retrying EINTR and the errors Linux reports on the new connection that
+/// the accept(2) man page says to treat as EAGAIN (ECONNABORTED, ...). The peer's address goes to
+/// peer.
+UniqueFd accept_socket(int listening, SocketAddress& peer);
+/// getsockname(2) of a socket.
+SocketAddress local_address(int fd);
+
+/// mkdtemp(dir/prefixXXXXXX): a new private (0700) folder; returns its path.
+std::string make_temp_dir(const std::string& dir, const std::string& prefix);
+/// unlink(2) / rmdir(2); false when it failed (errno set). For cleanup paths that must not throw.
+bool unlink_path(const std::string& path) noexcept;
+bool remove_dir(const std::string& path) noexcept;
 
 }  // namespace mp::detail::posix

@@ -1,0 +1,445 @@
+// Template bodies of <multiprocessing/pickle.hpp>: C++ types <-> mp::pickle::Value.
+// Each supported type T has a Convert<T> with to(T) -> Value, holds(Value) (is<T>) and
+// from(Value) -> T (as<T>); the representation is reached only through ValueAccess, whose
+// non-template members live in src/pickle.cpp.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace mp::pickle::detail {
+
+/// Storage shared by copies of a container Value (copy-on-write: a copy is detached before it is
+/// modified). dict items are stored as key, value, key, value, ...
+struct Container {
+  std::vector<Value> items;
+  /// hash -> position (of the key for a dict), built once a dict or set grows past a few items, so
+  /// that set_item and the reader's duplicate checks stay O(1).
+  std::unordered_multimap<std::size_t, std::size_t> index;
+  /// Nesting depth: 1 for a container holding no containers.
+  std::size_t depth = 1;
+  /// Reader only: the container was placed inside another one, and may no longer change (a
+  /// change now could only come from a reference cycle, which is refused).
+  bool sealed = false;
+};
+
+struct ValueAccess {
+  // ---- building ----
+  static Value boolean(bool b);
+  static Value integer(std::int64_t i);
+  static Value unsigned_integer(std::uint64_t u);
+  static Value floating(double d);
+  /// std::invalid_argument when s is not valid UTF-8 (surrogates included).
+  static Value str(std::string s);
+  static Value bytes(std::span<const std::byte> b);
+
+  // ---- reading (each throws std::invalid_argument naming `wanted` on a type mismatch) ----
+  static bool is_bool(const Value& v) noexcept;
+  static bool is_int(const Value& v) noexcept;  // int of any size, not bool
+  static bool is_float(const Value& v) noexcept;
+  static bool is_str(const Value& v) noexcept;
+  static bool is_bytes(const Value& v) noexcept;
+  static bool is_list(const Value& v) noexcept;
+  static bool is_tuple(const Value& v) noexcept;
+  static bool is_dict(const Value& v) noexcept;
+  static bool is_set(const Value& v) noexcept;        // set only
+  static bool is_any_set(const Value& v) noexcept;    // set or frozenset
+  static bool get_bool(const Value& v);
+  /// int or bool; std::out_of_range when it does not fit.
+  static std::int64_t get_int64(const Value& v, const char* wanted);
+  static std::uint64_t get_uint64(const Value& v, const char* wanted);
+  static double get_double(const Value& v);
+  static const std::string& get_str(const Value& v);
+  static Bytes get_bytes(const Value& v);
+  /// The items of a list/tuple/set/frozenset (or of a dict: key, value, ...) with no type check.
+  static const std::vector<Value>& items(const Value& v) noexcept;
+  [[noreturn]] static void mismatch(const Value& v, const char* wanted);
+  [[noreturn]] static void out_of_range(const Value& v, const char* wanted);
+};
+
+template <class T>
+inline constexpr bool is_char_v =
+    std::is_same_v<T, char> || std::is_same_v<T, wchar_t> || std::is_same_v<T, char8_t> ||
+    std::is_same_v<T, char16_t> || std::is_same_v<T, char32_t>;
+
+template <class T, class Enable>
+struct Convert {
+  static constexpr bool kSupported = false;
+  static constexpr bool kLoadable = false;
+};
+
+template <>
+struct Convert<Value> {
+  static constexpr bool kSupported = true, kLoadable = true;
+  static Value to(const Value& v) { return v; }
+  static bool holds(const Value&) { return true; }
+  static Value from(const Value& v) { return v; }
+};
+
+// ---- None ----
+template <class T>
+  requires(std::is_same_v<T, std::nullptr_t> || std::is_same_v<T, std::nullopt_t> ||
+           std::is_same_v<T, std::monostate>)
+struct Convert<T, void> {
+  static constexpr bool kSupported = true, kLoadable = !std::is_same_v<T, std::nullptr_t>;
+  static Value to(const T&) { return Value(); }
+  static bool holds(const Value& v) { return v.is_none(); }
+  static T from(const Value& v) {
+    if (!v.is_none()) ValueAccess::mismatch(v, "None");
+    if constexpr (std::is_same_v<T, std::nullopt_t>) {
+      return std::nullopt;
+    } else {
+      return T{};
+    }
+  }
+};
+
+// ---- bool ----
+template <>
+struct Convert<bool, void> {
+  static constexpr bool kSupported = true, kLoadable = true;
+  static Value to(bool b) { return ValueAccess::boolean(b); }
+  static bool holds(const Value& v) { return ValueAccess::is_bool(v); }
+  static bool from(const Value& v) { return ValueAccess::get_bool(v); }
+};
+
+// ---- integers (not bool, not the character types) ----
+template <class T>
+  requires(std::is_integral_v<T> && !std::is_same_v<T, bool> && !is_char_v<T>)
+struct Convert<T, void> {
+  static constexpr bool kSupported = true, kLoadable = true;
+  static Value to(T i) {
+    if constexpr (std::is_signed_v<T>) {
+      return ValueAccess::integer(static_cast<std::int64_t>(i));
+    } else {
+      return ValueAccess::unsigned_integer(static_cast<std::uint64_t>(i));
+    }
+  }
+  static bool holds(const Value& v) {
+    if (!ValueAccess::is_int(v)) return false;
+    try {
+      (void)from(v);
+      return true;
+    } catch (const std::out_of_range&) {
+      return false;
+    }
+  }
+  static T from(const Value& v) {
+    if constexpr (std::is_signed_v<T>) {
+      const std::int64_t i = ValueAccess::get_int64(v, "int");
+      if (!std::in_range<T>(i)) ValueAccess::out_of_range(v, "a smaller integer type");
+      return static_cast<T>(i);
+    } else {
+      const std::uint64_t u = ValueAccess::get_uint64(v, "int");
+      if (!std::in_range<T>(u)) ValueAccess::out_of_range(v, "a smaller integer type");
+      return static_cast<T>(u);
+    }
+  }
+};
+
+// ---- float ----
+template <class T>
+  requires std::is_floating_point_v<T>
+struct Convert<T, void> {
+  static constexpr bool kSupported = true, kLoadable = true;
+  static Value to(T d) { return ValueAccess::floating(static_cast<double>(d)); }
+  static bool holds(const Value& v) { return ValueAccess::is_float(v); }
+  static T from(const Value& v) { return static_cast<T>(ValueAccess::get_double(v)); }
+};
+
+// ---- str ----
+template <>
+struct Convert<std::string, void> {
+  static constexpr bool kSupported = true, kLoadable = true;
+  static Value to(const std::string& s) { return ValueAccess::str(s); }
+  static bool holds(const Value& v) { return ValueAccess::is_str(v); }
+  static std::string from(const Value& v) { return ValueAccess::get_str(v); }
+};
+template <>
+struct Convert<std::string_view, void> {  // write only: a view could not own what it reads
+  static constexpr bool kSupported = true, kLoadable = false;
+  static Value to(std::string_view s) { return ValueAccess::str(std::string(s)); }
+  static bool holds(const Value& v) { return ValueAccess::is_str(v); }
+};
+template <>
+struct Convert<const char*, void> {
+  static constexpr bool kSupported = true, kLoadable = false;
+  static Value to(const char* s) { return ValueAccess::str(std::string(s)); }
+  static bool holds(const Value& v) { return ValueAccess::is_str(v); }
+};
+template <>
+struct Convert<char*, void> : Convert<const char*, void> {};
+template <std::size_t N>
+struct Convert<char[N], void> {  // a string literal: its characters up to the terminating NUL
+  static constexpr bool kSupported = true, kLoadable = false;
+  static Value to(const char (&s)[N]) {
+    const std::size_t n = (N > 0 && s[N - 1] == '\0') ? N - 1 : N;
+    return ValueAccess::str(std::string(s, n));
+  }
+  static bool holds(const Value& v) { return ValueAccess::is_str(v); }
+};
+
+// ---- bytes ----
+template <>
+struct Convert<Bytes, void> {
+  static constexpr bool kSupported = true, kLoadable = true;
+  static Value to(const Bytes& b) { return ValueAccess::bytes(b); }
+  static bool holds(const Value& v) { return ValueAccess::is_bytes(v); }
+  static Bytes from(const Value& v) { return ValueAccess::get_bytes(v); }
+};
+
+template <class T>
+struct is_pair : std::false_type {};
+template <class A, class B>
+struct is_pair<std::pair<A, B>> : std::true_type {};
+
+// ---- list: std::vector, std::array ----
+template <class U, class A>
+  requires(!std::is_same_v<U, std::byte> && Convert<U>::kSupported)
+struct Convert<std::vector<U, A>, void> {
+  using T = std::vector<U, A>;
+  static constexpr bool kSupported = true, kLoadable = Convert<U>::kLoadable;
+  static Value to(const T& v) {
+    std::vector<Value> items;
+    items.reserve(v.size());
+    for (const auto& x : v) items.push_back(Convert<U>::to(x));
+    return Value::list(std::move(items));
+  }
+  static bool holds(const Value& v) {
+    if (!ValueAccess::is_list(v)) return false;
+    for (const Value& x : ValueAccess::items(v))
+      if (!Convert<U>::holds(x)) return false;
+    return true;
+  }
+  static T from(const Value& v) {
+    T out;
+    if constexpr (is_pair<U>::value) {
+      if (ValueAccess::is_dict(v)) {  // a dict's items, in order
+        const auto& kv = ValueAccess::items(v);
+        out.reserve(kv.size() / 2);
+        for (std::size_t i = 0; i + 1 < kv.size(); i += 2)
+          out.emplace_back(Convert<typename U::first_type>::from(kv[i]),
+                           Convert<typename U::second_type>::from(kv[i + 1]));
+        return out;
+      }
+    }
+    if (!ValueAccess::is_list(v) && !ValueAccess::is_tuple(v) && !ValueAccess::is_any_set(v))
+      ValueAccess::mismatch(v, "list");
+    const auto& items = ValueAccess::items(v);
+    out.reserve(items.size());
+    for (const Value& x : items) out.push_back(Convert<U>::from(x));
+    return out;
+  }
+};
+template <class U, std::size_t N>
+  requires Convert<U>::kSupported
+struct Convert<std::array<U, N>, void> {
+  using T = std::array<U, N>;
+  static constexpr bool kSupported = true, kLoadable = Convert<U>::kLoadable && std::is_default_constructible_v<U>;
+  static Value to(const T& v) {
+    std::vector<Value> items;
+    items.reserve(N);
+    for (const auto& x : v) items.push_back(Convert<U>::to(x));
+    return Value::list(std::move(items));
+  }
+  static bool holds(const Value& v) {
+    if (!ValueAccess::is_list(v) || ValueAccess::items(v).size() != N) return false;
+    for (const Value& x : ValueAccess::items(v))
+      if (!Convert<U>::holds(x)) return false;
+    return true;
+  }
+  static T from(const Value& v) {
+    if (!ValueAccess::is_list(v) && !ValueAccess::is_tuple(v)) ValueAccess::mismatch(v, "list");
+    const auto& items = ValueAccess::items(v);
+    if (items.size() != N) ValueAccess::mismatch(v, ("a list of " + std::to_string(N) + " items").c_str());
+    T out{};
+    for (std::size_t i = 0; i < N; ++i) out[i] = Convert<U>::from(items[i]);
+    return out;
+  }
+};
+
+// ---- tuple: std::tuple, std::pair ----
+template <class... Ts>
+  requires(Convert<Ts>::kSupported && ...)
+struct Convert<std::tuple<Ts...>, void> {
+  using T = std::tuple<Ts...>;
+  static constexpr bool kSupported = true, kLoadable = (Convert<Ts>::kLoadable && ...);
+  static Value to(const T& t) {
+    return std::apply([](const Ts&... x) { return Value::tuple(std::vector<Value>{Convert<Ts>::to(x)...}); }, t);
+  }
+  static bool holds(const Value& v) {
+    if (!ValueAccess::is_tuple(v) || ValueAccess::items(v).size() != sizeof...(Ts)) return false;
+    const auto& items = ValueAccess::items(v);
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      return (Convert<Ts>::holds(items[I]) && ...);
+    }(std::index_sequence_for<Ts...>{});
+  }
+  static T from(const Value& v) {
+    if (!ValueAccess::is_tuple(v) && !ValueAccess::is_list(v)) ValueAccess::mismatch(v, "tuple");
+    const auto& items = ValueAccess::items(v);
+    if (items.size() != sizeof...(Ts))
+      ValueAccess::mismatch(v, ("a tuple of " + std::to_string(sizeof...(Ts)) + " items").c_str());
+    return [&]<std::size_t... I>(std::index_sequence<I...>) {
+      return T(Convert<Ts>::from(items[I])...);
+    }(std::index_sequence_for<Ts...>{});
+  }
+};
+template <class A, class B>
+  requires(Convert<A>::kSupported && Convert<B>::kSupported)
+struct Convert<std::pair<A, B>, void> {
+  using T = std::pair<A, B>;
+  using Tuple = Convert<std::tuple<A, B>>;
+  static constexpr bool kSupported = true, kLoadable = Tuple::kLoadable;
+  static Value to(const T& p) { return Value::tuple({Convert<A>::to(p.first), Convert<B>::to(p.second)}); }
+  static bool holds(const Value& v) { return Tuple::holds(v); }
+  static T from(const Value& v) {
+    auto t = Tuple::from(v);
+    return T(std::move(std::get<0>(t)), std::move(std::get<1>(t)));
+  }
+};
+
+// ---- dict: std::map, std::unordered_map ----
+template <class M>
+struct MapConvert {
+  using K = typename M::key_type;
+  using V = typename M::mapped_type;
+  static constexpr bool kSupported = Convert<K>::kSupported && Convert<V>::kSupported;
+  static constexpr bool kLoadable = Convert<K>::kLoadable && Convert<V>::kLoadable;
+  static Value to(const M& m) {
+    std::vector<std::pair<Value, Value>> items;
+    items.reserve(m.size());
+    for (const auto& [k, v] : m) items.emplace_back(Convert<K>::to(k), Convert<V>::to(v));
+    return Value::dict(std::move(items));
+  }
+  static bool holds(const Value& v) {
+    if (!ValueAccess::is_dict(v)) return false;
+    const auto& kv = ValueAccess::items(v);
+    for (std::size_t i = 0; i + 1 < kv.size(); i += 2)
+      if (!Convert<K>::holds(kv[i]) || !Convert<V>::holds(kv[i + 1])) return false;
+    return true;
+  }
+  static M from(const Value& v) {
+    if (!ValueAccess::is_dict(v)) ValueAccess::mismatch(v, "dict");
+    const auto& kv = ValueAccess::items(v);
+    M out;
+    for (std::size_t i = 0; i + 1 < kv.size(); i += 2)
+      out.insert_or_assign(Convert<K>::from(kv[i]), Convert<V>::from(kv[i + 1]));
+    return out;
+  }
+};
+template <class K, class V, class C, class A>
+  requires MapConvert<std::map<K, V, C, A>>::kSupported
+struct Convert<std::map<K, V, C, A>, void> : MapConvert<std::map<K, V, C, A>> {};
+template <class K, class V, class H, class E, class A>
+  requires MapConvert<std::unordered_map<K, V, H, E, A>>::kSupported
+struct Convert<std::unordered_map<K, V, H, E, A>, void> : MapConvert<std::unordered_map<K, V, H, E, A>> {};
+
+// ---- set: std::set, std::unordered_set ----
+template <class S>
+struct SetConvert {
+  using U = typename S::key_type;
+  static constexpr bool kSupported = Convert<U>::kSupported;
+  static constexpr bool kLoadable = Convert<U>::kLoadable;
+  static Value to(const S& s) {
+    std::vector<Value> items;
+    items.reserve(s.size());
+    for (const auto& x : s) items.push_back(Convert<U>::to(x));
+    return Value::set(std::move(items));
+  }
+  static bool holds(const Value& v) {
+    if (!ValueAccess::is_set(v)) return false;
+    for (const Value& x : ValueAccess::items(v))
+      if (!Convert<U>::holds(x)) return false;
+    return true;
+  }
+  static S from(const Value& v) {
+    if (!ValueAccess::is_any_set(v)) ValueAccess::mismatch(v, "set");
+    S out;
+    for (const Value& x : ValueAccess::items(v)) out.insert(Convert<U>::from(x));
+    return out;
+  }
+};
+template <class U, class C, class A>
+  requires SetConvert<std::set<U, C, A>>::kSupported
+struct Convert<std::set<U, C, A>, void> : SetConvert<std::set<U, C, A>> {};
+template <class U, class H, class E, class A>
+  requires SetConvert<std::unordered_set<U, H, E, A>>::kSupported
+struct Convert<std::unordered_set<U, H, E, A>, void> : SetConvert<std::unordered_set<U, H, E, A>> {};
+
+// ---- std::optional: None or the value ----
+template <class U>
+  requires Convert<U>::kSupported
+struct Convert<std::optional<U>, void> {
+  static constexpr bool kSupported = true, kLoadable = Convert<U>::kLoadable;
+  static Value to(const std::optional<U>& o) { return o ? Convert<U>::to(*o) : Value(); }
+  static bool holds(const Value& v) { return v.is_none() || Convert<U>::holds(v); }
+  static std::optional<U> from(const Value& v) {
+    if (v.is_none()) return std::nullopt;
+    return Convert<U>::from(v);
+  }
+};
+
+}  // namespace mp::pickle::detail
+
+namespace mp::pickle {
+
+template <class T>
+  requires(!std::is_same_v<T, Value> && detail::is_picklable_v<T>)
+Value::Value(const T& v) : Value(detail::Convert<T>::to(v)) {}
+
+template <class T>
+bool Value::is() const {
+  static_assert(detail::is_picklable_v<T>, "is<T>: T does not map to a pickle type");
+  return detail::Convert<T>::holds(*this);
+}
+
+template <class T>
+T Value::as() const {
+  static_assert(detail::Convert<T>::kLoadable, "as<T>: T cannot be read from a pickle Value");
+  return detail::Convert<T>::from(*this);
+}
+
+template <class T>
+Bytes dumps(const T& obj, int protocol) {
+  static_assert(detail::is_picklable_v<T>, "pickle::dumps<T>: T does not map to a pickle type");
+  if constexpr (std::is_same_v<T, Value>) {
+    return detail::dump_value(obj, protocol);
+  } else {
+    return detail::dump_value(detail::Convert<T>::to(obj), protocol);
+  }
+}
+
+template <class T>
+T loads(std::span<const std::byte> data) {
+  static_assert(detail::Convert<T>::kLoadable, "pickle::loads<T>: T cannot be read from a pickle");
+  Value v = detail::load_value(data);
+  if constexpr (std::is_same_v<T, Value>) {
+    return v;
+  } else {
+    // A memo lets a short pickle refer to one object many times; copying it out into plain
+    // containers may not grow beyond what is reasonable for the input.
+    detail::check_expansion(v, (std::size_t{1} << 20) + 64 * data.size());
+    try {
+      return detail::Convert<T>::from(v);
+    } catch (const std::out_of_range& e) {
+      throw std::invalid_argument(e.what());
+    }
+  }
+}
+
+}  // namespace mp::pickle

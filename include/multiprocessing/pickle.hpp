@@ -1,0 +1,182 @@
+// CPython's pickle format: a dynamically typed Value and dumps/loads for protocols 2-5.
+// Python: the `pickle` module, restricted to plain data (None, bool, int, float, str, bytes,
+// list, tuple, dict, set, frozenset), which is what multiprocessing's send()/recv() carry
+// between a Python program and a C++ one.
+//
+// Writing: dumps() produces byte for byte what CPython 3.8-3.13's pickle.dumps(obj, protocol)
+// writes for the same value (PROTO, FRAMEs of 64 KiB from protocol 4, MEMOIZE/BINPUT, the
+// smallest opcodes, batches of 1000), see docs/pickle.rst for the few places where identity
+// (which Python objects are the same object) cannot be known from a C++ value.
+//
+// Reading: loads() never imports or calls anything. GLOBAL/STACK_GLOBAL + REDUCE are accepted
+// only for a short allow-list (builtins.set/frozenset/list/bytearray, _codecs.encode(str,
+// 'latin1') as protocol 2 writes bytes, and their __builtin__ spellings); any other global is
+// refused with std::invalid_argument naming it. Every length is checked against the input before
+// anything is allocated; truncated or malformed input, cycles, nesting deeper than kMaxDepth and
+// unhashable dict keys are std::invalid_argument.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <multiprocessing/base.hpp>
+
+namespace mp::pickle {
+
+class Value;
+
+/// Containers nested deeper than this are refused by loads() and dumps() (Python's default
+/// recursion limit, beyond which CPython's own pickler fails).
+inline constexpr std::size_t kMaxDepth = 1000;
+
+namespace detail {
+struct Container;  // the shared storage of list/tuple/dict/set/frozenset values
+struct ValueAccess;  // the conversions reach Value's representation through it
+struct Raw;          // and so do the reader and writer (src/pickle_internal.hpp)
+template <class T, class Enable = void>
+struct Convert;    // C++ type <-> Value (detail/pickle_convert.hpp)
+/// True when T maps to pickle (and so may be passed to Value(T), dumps<T>, loads<T>).
+template <class T>
+inline constexpr bool is_picklable_v = Convert<T>::kSupported;
+}  // namespace detail
+
+/// A dynamically typed Python value: None, bool, int (any size), float, str, bytes, list, tuple,
+/// dict, set or frozenset. Values are values: copying one copies (containers are shared until one
+/// copy is modified, so copies are cheap). dict keeps insertion order, as Python's does; set and
+/// frozenset keep insertion order too (Python's own order depends on hashes).
+class Value {
+ public:
+  /// None.
+  Value() noexcept;
+  /// From any C++ type that maps to pickle: nullptr/std::nullopt/std::monostate (None), bool,
+  /// integers (beyond int64: a big int), float/double, std::string/std::string_view/const char*
+  /// (str, must be UTF-8: std::invalid_argument otherwise), Bytes (bytes), std::vector/std::array
+  /// (list), std::tuple/std::pair (tuple), std::map/std::unordered_map (dict), std::set/
+  /// std::unordered_set (set), std::optional (None or the value), Value, nested freely.
+  template <class T>
+    requires(!std::is_same_v<T, Value> && detail::is_picklable_v<T>)  // (Value itself: the copy constructor)
+  Value(const T& v);  // NOLINT(google-explicit-constructor): Value(3), Value("s") as in the contract
+  // (inline: values are copied and moved a lot; a moved-from Value is None)
+  Value(const Value& other) = default;
+  Value(Value&& other) noexcept : kind_(other.kind_), text_(std::move(other.text_)), items_(std::move(other.items_)) {
+    std::memcpy(&int_, &other.int_, sizeof int_);  // the scalar union, whichever member is active
+    other.kind_ = Kind::none;
+  }
+  Value& operator=(const Value& other) = default;
+  Value& operator=(Value&& other) noexcept {
+    kind_ = other.kind_;
+    std::memcpy(&int_, &other.int_, sizeof int_);
+    if (this != &other) {
+      text_ = std::move(other.text_);
+      items_ = std::move(other.items_);
+      other.kind_ = Kind::none;
+    }
+    return *this;
+  }
+  ~Value() = default;
+
+  static Value list(std::vector<Value> items = {});
+  static Value tuple(std::vector<Value> items = {});
+  /// Keeps insertion order; a repeated key keeps its first position and takes the last value (as
+  /// Python's dict literal). std::invalid_argument for an unhashable key (list, dict, set).
+  static Value dict(std::vector<std::pair<Value, Value>> items = {});
+  /// Duplicates are dropped (the first one stays). std::invalid_argument for unhashable items.
+  static Value set(std::vector<Value> items = {});
+  static Value frozenset(std::vector<Value> items = {});
+
+  bool is_none() const noexcept;
+  /// Holds exactly a T: is<bool>() only for bool; is<int>() etc. for an int (not a bool) that fits
+  /// T; is<double>() for float; is<std::string>() for str; is<Bytes>() for bytes;
+  /// is<std::vector<U>>() for a list of U; is<std::tuple<...>>() for a tuple of that many matching
+  /// items; is<std::map<K, V>>() for a dict; is<std::set<U>>() for a set; is<std::optional<U>>()
+  /// for None or U; is<Value>() always.
+  template <class T>
+  bool is() const;
+  /// Converts, as the matching Python conversion would: integers from int or bool (std::out_of_range
+  /// when the value does not fit T), double from float, int or bool, std::vector from list, tuple,
+  /// set or frozenset, std::tuple from a tuple or list of that size, std::set from set or
+  /// frozenset, maps from dict, std::vector<std::pair<Value, Value>> from a dict (its items in
+  /// order). std::invalid_argument when it does not hold something convertible.
+  template <class T>
+  T as() const;
+  /// Python's name of the held type: "NoneType", "bool", "int", "float", "str", "bytes", "list",
+  /// "tuple", "dict", "set", "frozenset".
+  std::string type_name() const;
+
+  /// dict lookup by a str key; std::out_of_range when absent, std::invalid_argument on a non-dict.
+  const Value& operator[](std::string_view key) const;
+  /// list/tuple element; std::out_of_range past the end, std::invalid_argument on other types.
+  const Value& operator[](std::size_t index) const;
+  /// dict: insert or assign (Python's d[key] = value); std::logic_error on other types,
+  /// std::invalid_argument for an unhashable key.
+  void set_item(Value key, Value value);
+  /// list: append; std::logic_error on other types.
+  void append(Value item);
+  /// Python's len(): code points of a str, bytes of bytes, items of a container;
+  /// std::invalid_argument for None, bool, int and float.
+  std::size_t size() const;
+
+  /// Python's ==, except that NaN equals NaN (so that round trips compare equal): 1 == 1.0 == True,
+  /// set == frozenset with the same items, dicts regardless of order, list != tuple, str != bytes.
+  bool operator==(const Value& other) const;
+  /// As Python's repr(): {'a': 1, 'b': [1, 2.5, None, True]}, b'\x00', (1,), set(), 1e+16, ...
+  /// For an int it is the decimal string, whatever its size.
+  std::string repr() const;
+
+ private:
+  enum class Kind : std::uint8_t { none, boolean, integer, big_integer, floating, str, bytes,
+                                   list, tuple, dict, set, frozenset };
+  friend struct detail::ValueAccess;
+  friend struct detail::Raw;
+
+  Kind kind_ = Kind::none;
+  union {
+    bool bool_;
+    std::int64_t int_;
+    double float_;
+  };
+  std::string text_;  // str (UTF-8), bytes, or a big int (minimal two's complement, little-endian)
+  std::shared_ptr<detail::Container> items_;  // list/tuple/dict/set/frozenset
+};
+
+/// An int of any size from its decimal digits (an optional sign, then digits; Python's int(s)
+/// without underscores or spaces); std::invalid_argument otherwise.
+Value int_from_string(std::string_view decimal);
+/// An int from little-endian two's complement bytes (Python's int.from_bytes(b, 'little',
+/// signed=True)); empty bytes are 0.
+Value int_from_bytes(std::span<const std::byte> little_endian);
+/// The shortest little-endian two's complement bytes of an int or bool (as pickle's LONG1 holds
+/// them; 0 gives no bytes); std::invalid_argument for other types. v.repr() gives the decimal.
+Bytes int_to_bytes(const Value& integer);
+
+/// Pickles obj with the given protocol (2-5; std::invalid_argument otherwise, and for a value
+/// nested deeper than kMaxDepth or a str that is not UTF-8). Does not block.
+template <class T>
+Bytes dumps(const T& obj, int protocol = 4);
+/// Unpickles data as a T (Value: whatever it holds). std::invalid_argument for malformed or
+/// truncated data, for a global outside the allow-list, for data left over after STOP, and when
+/// the value does not convert to T (including an int out of T's range). Lenient where harmless:
+/// a list or a tuple both load as std::vector or std::tuple.
+template <class T = Value>
+T loads(std::span<const std::byte> data);
+
+namespace detail {
+/// The type-erased core (src/pickle.cpp).
+Bytes dump_value(const Value& value, int protocol);
+Value load_value(std::span<const std::byte> data);
+/// std::invalid_argument when converting v to plain C++ containers would copy more than `budget`
+/// elements in all (a memo can make a short pickle refer to one object many times).
+void check_expansion(const Value& v, std::size_t budget);
+}  // namespace detail
+
+}  // namespace mp::pickle
+
+#include <multiprocessing/detail/pickle_convert.hpp>

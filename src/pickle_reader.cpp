@@ -1,0 +1,493 @@
+// The unpickler: reads protocols 2-5 (and a stream with no PROTO) into a Value, never running
+// code. GLOBAL/STACK_GLOBAL push a symbolic name that only REDUCE can use, and only for the
+// allow-list below; every other global is refused when it is named.
+//
+// Memo references share structure: the memo and the stack hold Values whose containers are
+// shared, and the opcodes that fill a container (APPENDS, SETITEMS, ADDITEMS) change it in place,
+// so a memo entry taken when a list was empty sees its items (as in Python, where both are the
+// same object). A container placed inside another one is sealed; changing a sealed container
+// can only come from a reference cycle (`l = []; l.append(l)`), which is refused, so the result
+// has no cycles. Shared containers stay shared in the result (loads<T> into plain C++ types
+// checks first that copying them out stays within a budget).
+//
+// Limits: every length is checked against the bytes left before anything is allocated; the number
+// of items put into containers is bounded by the input's size; nesting is bounded by kMaxDepth.
+#include "pickle_internal.hpp"
+
+#include <bit>
+#include <cstring>
+#include <stdexcept>
+#include <unordered_map>
+
+namespace mp::pickle::detail {
+namespace {
+
+enum class Global : std::int8_t { none = -1, set, frozenset, list, bytearray, bytes, codecs_encode };
+
+constexpr const char* kAllowed =
+    "builtins.set, builtins.frozenset, builtins.list, builtins.bytearray, builtins.bytes (also as __builtin__.*) "
+    "and _codecs.encode with 'latin1'";
+
+struct Item {
+  Value value;
+  Global global = Global::none;
+};
+
+std::string hex_byte(unsigned b) {
+  const char* digits = "0123456789abcdef";
+  return std::string("0x") + digits[(b >> 4) & 0xf] + digits[b & 0xf];
+}
+
+const char* refused_opcode_name(unsigned op) {
+  switch (op) {
+    case 'P': return "PERSID";
+    case 'Q': return "BINPERSID";
+    case 0x82: return "EXT1";
+    case 0x83: return "EXT2";
+    case 0x84: return "EXT4";
+    case 'i': return "INST";
+    case 'o': return "OBJ";
+    case 0x81: return "NEWOBJ";
+    case 0x92: return "NEWOBJ_EX";
+    case 'b': return "BUILD";
+    case 0x97: return "NEXT_BUFFER";
+    case 0x98: return "READONLY_BUFFER";
+    default: return nullptr;
+  }
+}
+const char* text_opcode_name(unsigned op) {
+  switch (op) {
+    case 'I': return "INT";
+    case 'L': return "LONG";
+    case 'F': return "FLOAT";
+    case 'S': return "STRING";
+    case 'T': return "BINSTRING";
+    case 'U': return "SHORT_BINSTRING";
+    case 'V': return "UNICODE";
+    case 'p': return "PUT";
+    case 'g': return "GET";
+    default: return nullptr;
+  }
+}
+
+class Reader {
+ public:
+  explicit Reader(std::span<const std::byte> data)
+      : data_(reinterpret_cast<const unsigned char*>(data.data())),
+        size_(data.size()),
+        budget_(2 * data.size() + 4096) {}
+
+  Value run() {
+    while (true) {
+      const std::size_t at = pos_;
+      const unsigned op = read_u8();
+      switch (op) {
+        case 0x80: {  // PROTO
+          const unsigned proto = read_u8();
+          if (proto > 5) fail("unsupported pickle protocol " + std::to_string(proto), at);
+          break;
+        }
+        case 0x95: {  // FRAME: the frame's opcodes follow; its length must fit in the input
+          const std::uint64_t len = read_le(8);
+          if (len > size_ - pos_) fail("FRAME of " + std::to_string(len) + " bytes, only " + std::to_string(size_ - pos_) + " left", at);
+          break;
+        }
+        case 0x2e: {  // STOP
+          Value result = pop_value(at);
+          if (pos_ != size_) fail(std::to_string(size_ - pos_) + " bytes of data after STOP", pos_);
+          return result;
+        }
+        case 0x28: marks_.push_back(stack_.size()); break;  // MARK
+        case 0x30:                                           // POP (or the mark right above)
+          if (!marks_.empty() && marks_.back() == stack_.size()) {
+            marks_.pop_back();
+          } else {
+            (void)pop(at);
+          }
+          break;
+        case 0x31: (void)pop_mark(at); break;  // POP_MARK
+        case 0x32: {                           // DUP
+          check_top(at);
+          Item copy = stack_.back();
+          stack_.push_back(std::move(copy));
+          break;
+        }
+        case 0x4e: push(Value()); break;                             // NONE
+        case 0x88: push(ValueAccess::boolean(true)); break;          // NEWTRUE
+        case 0x89: push(ValueAccess::boolean(false)); break;         // NEWFALSE
+        case 0x4b: push(ValueAccess::integer(read_u8())); break;     // BININT1
+        case 0x4d: push(ValueAccess::integer(static_cast<std::int64_t>(read_le(2)))); break;  // BININT2
+        case 0x4a:                                                   // BININT
+          push(ValueAccess::integer(static_cast<std::int32_t>(static_cast<std::uint32_t>(read_le(4)))));
+          break;
+        case 0x8a: push(Raw::make_int_from_twos(read_text(read_u8(), at))); break;  // LONG1
+        case 0x8b: {                                                                // LONG4
+          const auto n = static_cast<std::int32_t>(static_cast<std::uint32_t>(read_le(4)));
+          if (n < 0) fail("LONG4 with a negative length", at);
+          push(Raw::make_int_from_twos(read_text(static_cast<std::size_t>(n), at)));
+          break;
+        }
+        case 0x47: {  // BINFLOAT, big-endian
+          need(8, at);
+          std::uint64_t bits = 0;
+          for (int k = 0; k < 8; ++k) bits = (bits << 8) | data_[pos_++];
+          push(ValueAccess::floating(std::bit_cast<double>(bits)));
+          break;
+        }
+        case 0x8c: push(str(read_text(read_u8(), at), at)); break;       // SHORT_BINUNICODE
+        case 0x58: push(str(read_text(read_le(4), at), at)); break;      // BINUNICODE
+        case 0x8d: push(str(read_text(read_le(8), at), at)); break;      // BINUNICODE8
+        case 0x43: push(Raw::make_bytes(std::string(read_text(read_u8(), at)))); break;   // SHORT_BINBYTES
+        case 0x42: push(Raw::make_bytes(std::string(read_text(read_le(4), at)))); break;  // BINBYTES
+        case 0x8e:                                                                        // BINBYTES8
+        case 0x96:  // BYTEARRAY8: a bytearray arrives as bytes
+          push(Raw::make_bytes(std::string(read_text(read_le(8), at))));
+          break;
+        case 0x5d: push(Raw::make_container(kList, {})); break;   // EMPTY_LIST
+        case 0x29: push(Raw::make_container(kTuple, {})); break;  // EMPTY_TUPLE
+        case 0x7d: push(Raw::make_container(kDict, {})); break;   // EMPTY_DICT
+        case 0x8f: push(Raw::make_container(kSet, {})); break;    // EMPTY_SET
+        case 0x61: {                                              // APPEND
+          Value item = pop_value(at);
+          Container& list = target(kList, "APPEND", at);
+          add_child(list, item, at);
+          list.items.push_back(std::move(item));
+          break;
+        }
+        case 0x65: {  // APPENDS
+          std::vector<Item> items = pop_mark(at);
+          Container& list = target(kList, "APPENDS", at);
+          list.items.reserve(list.items.size() + items.size());
+          for (Item& x : items) {
+            Value v = value_of(std::move(x), at);
+            add_child(list, v, at);
+            list.items.push_back(std::move(v));
+          }
+          break;
+        }
+        case 0x73: {  // SETITEM
+          Value value = pop_value(at);
+          Value key = pop_value(at);
+          Container& dict = target(kDict, "SETITEM", at);
+          add_child(dict, key, at);
+          add_child(dict, value, at);
+          dict_set(dict, std::move(key), std::move(value));
+          break;
+        }
+        case 0x75: {  // SETITEMS
+          std::vector<Item> items = pop_mark(at);
+          if (items.size() % 2) fail("odd number of items for SETITEMS", at);
+          Container& dict = target(kDict, "SETITEMS", at);
+          for (std::size_t i = 0; i < items.size(); i += 2) {
+            Value key = value_of(std::move(items[i]), at);
+            Value value = value_of(std::move(items[i + 1]), at);
+            add_child(dict, key, at);
+            add_child(dict, value, at);
+            dict_set(dict, std::move(key), std::move(value));
+          }
+          break;
+        }
+        case 0x90: {  // ADDITEMS
+          std::vector<Item> items = pop_mark(at);
+          Container& set = target(kSet, "ADDITEMS", at);
+          for (Item& x : items) {
+            Value v = value_of(std::move(x), at);
+            add_child(set, v, at);
+            set_add(set, std::move(v));
+          }
+          break;
+        }
+        case 0x85:  // TUPLE1
+        case 0x86:  // TUPLE2
+        case 0x87: {  // TUPLE3
+          const std::size_t n = op - 0x84;
+          std::vector<Value> items(n);
+          for (std::size_t i = n; i-- > 0;) items[i] = pop_value(at);
+          push(build(kTuple, std::move(items), at));
+          break;
+        }
+        case 0x74:    // TUPLE
+        case 0x6c: {  // LIST (protocol 1)
+          std::vector<Item> marked = pop_mark(at);
+          std::vector<Value> items;
+          items.reserve(marked.size());
+          for (Item& x : marked) items.push_back(value_of(std::move(x), at));
+          push(build(op == 0x74 ? kTuple : kList, std::move(items), at));
+          break;
+        }
+        case 0x64: {  // DICT (protocol 1)
+          std::vector<Item> marked = pop_mark(at);
+          if (marked.size() % 2) fail("odd number of items for DICT", at);
+          Value dict = Raw::make_container(kDict, {});
+          for (std::size_t i = 0; i < marked.size(); i += 2) {
+            Value key = value_of(std::move(marked[i]), at);
+            Value value = value_of(std::move(marked[i + 1]), at);
+            add_child(*Raw::container(dict), key, at);
+            add_child(*Raw::container(dict), value, at);
+            dict_set(*Raw::container(dict), std::move(key), std::move(value));
+          }
+          push(std::move(dict));
+          break;
+        }
+        case 0x91: {  // FROZENSET
+          std::vector<Item> marked = pop_mark(at);
+          Value set = Raw::make_container(kFrozenset, {});
+          for (Item& x : marked) {
+            Value v = value_of(std::move(x), at);
+            add_child(*Raw::container(set), v, at);
+            set_add(*Raw::container(set), std::move(v));
+          }
+          push(std::move(set));
+          break;
+        }
+        case 0x94: {  // MEMOIZE
+          check_top(at);
+          put(static_cast<std::uint64_t>(memo_.size() + sparse_.size()), at);
+          break;
+        }
+        case 0x71: check_top(at), put(read_u8(), at); break;  // BINPUT
+        case 0x72: {                                          // LONG_BINPUT
+          const std::uint64_t index = read_le(4);
+          if (index > 0x7fffffffu) fail("negative LONG_BINPUT argument", at);
+          check_top(at);
+          put(index, at);
+          break;
+        }
+        case 0x68: fetch(read_u8(), at); break;     // BINGET
+        case 0x6a: fetch(read_le(4), at); break;    // LONG_BINGET
+        case 0x63: {                                // GLOBAL: "module\nname\n"
+          const std::string module(read_line(at));
+          const std::string name(read_line(at));
+          push_global(module, name, at);
+          break;
+        }
+        case 0x93: {  // STACK_GLOBAL
+          Value name = pop_value(at);
+          Value module = pop_value(at);
+          if (Raw::kind(module) != kStr || Raw::kind(name) != kStr) fail("STACK_GLOBAL requires str", at);
+          push_global(Raw::text(module), Raw::text(name), at);
+          break;
+        }
+        case 0x52: {  // REDUCE
+          Value args = pop_value(at);
+          Item callable = pop(at);
+          if (callable.global == Global::none) fail("REDUCE of something that is not a global", at);
+          if (Raw::kind(args) != kTuple) fail("REDUCE arguments must be a tuple", at);
+          push(reduce(callable.global, Raw::container(args)->items, at));
+          break;
+        }
+        default: {
+          if (const char* name = refused_opcode_name(op))
+            fail(std::string("refusing opcode ") + name + ": it builds or finds arbitrary objects; only plain data is "
+                 "accepted", at);
+          if (const char* name = text_opcode_name(op))
+            fail(std::string("protocol 0/1 text opcode ") + name + " is not supported (pickle with protocol 2 or later)", at);
+          fail("invalid opcode " + hex_byte(op), at);
+        }
+      }
+    }
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what, std::size_t at) const {
+    throw std::invalid_argument("pickle: " + what + " (at offset " + std::to_string(at) + ")");
+  }
+
+  // ---- input ----
+  void need(std::uint64_t n, std::size_t at) const {
+    if (n > size_ - pos_)
+      fail("truncated data: " + std::to_string(n) + " bytes needed, " + std::to_string(size_ - pos_) + " left", at);
+  }
+  unsigned read_u8() {
+    if (pos_ >= size_) fail("truncated data: no STOP opcode", pos_);
+    return data_[pos_++];
+  }
+  std::uint64_t read_le(std::size_t width) {
+    need(width, pos_ - 1);
+    std::uint64_t v = 0;
+    for (std::size_t k = 0; k < width; ++k) v |= static_cast<std::uint64_t>(data_[pos_ + k]) << (8 * k);
+    pos_ += width;
+    return v;
+  }
+  std::string_view read_text(std::uint64_t n, std::size_t at) {
+    need(n, at);
+    std::string_view s(reinterpret_cast<const char*>(data_ + pos_), static_cast<std::size_t>(n));
+    pos_ += static_cast<std::size_t>(n);
+    return s;
+  }
+  std::string_view read_line(std::size_t at) {
+    const void* nl = std::memchr(data_ + pos_, '\n', size_ - pos_);
+    if (!nl) fail("truncated data: GLOBAL without its newline", at);
+    const std::size_t n = static_cast<std::size_t>(static_cast<const unsigned char*>(nl) - (data_ + pos_));
+    std::string_view s(reinterpret_cast<const char*>(data_ + pos_), n);
+    pos_ += n + 1;
+    return s;
+  }
+  Value str(std::string_view s, std::size_t at) const {
+    if (!valid_utf8(s)) fail("a str that is not valid UTF-8 (lone surrogates are not supported)", at);
+    return Raw::make_str_unchecked(std::string(s));
+  }
+
+  // ---- stack ----
+  std::size_t fence() const { return marks_.empty() ? 0 : marks_.back(); }
+  void push(Value v) { stack_.push_back(Item{std::move(v), Global::none}); }
+  void check_top(std::size_t at) const {
+    if (stack_.size() <= fence()) fail("stack underflow", at);
+  }
+  Item pop(std::size_t at) {
+    check_top(at);
+    Item item = std::move(stack_.back());
+    stack_.pop_back();
+    return item;
+  }
+  Value value_of(Item&& item, std::size_t at) const {
+    if (item.global != Global::none) fail("a global is only accepted as the callable of REDUCE", at);
+    return std::move(item.value);
+  }
+  Value pop_value(std::size_t at) { return value_of(pop(at), at); }
+  std::vector<Item> pop_mark(std::size_t at) {
+    if (marks_.empty()) fail("could not find MARK", at);
+    const std::size_t mark = marks_.back();
+    marks_.pop_back();
+    std::vector<Item> items(std::make_move_iterator(stack_.begin() + static_cast<std::ptrdiff_t>(mark)),
+                            std::make_move_iterator(stack_.end()));
+    stack_.resize(mark);
+    return items;
+  }
+  // The container on top of the stack, to be filled in place.
+  Container& target(Kind kind, const char* op, std::size_t at) {
+    check_top(at);
+    const Item& top = stack_.back();
+    if (top.global != Global::none || Raw::kind(top.value) != kind)
+      fail(std::string(op) + " on a " + (top.global != Global::none ? std::string("global") : top.value.type_name()), at);
+    Container* c = Raw::container(top.value);
+    if (c->sealed)
+      fail(std::string(op) + " on a container that is already inside another one: a reference cycle, which is "
+           "not supported", at);
+    return *c;
+  }
+  // Accounts for `child` going into `parent`: the budget, the nesting depth, and sealing.
+  void add_child(Container& parent, const Value& child, std::size_t at) {
+    if (budget_ == 0) fail("too many items for the size of the input", at);
+    --budget_;
+    if (Container* c = Raw::container(child)) {
+      if (c == &parent) fail("a container inside itself: a reference cycle, which is not supported", at);
+      c->sealed = true;
+      if (c->depth + 1 > parent.depth) parent.depth = c->depth + 1;
+      if (parent.depth > kMaxDepth) fail("nesting deeper than " + std::to_string(kMaxDepth) + " levels", at);
+    }
+  }
+  Value build(Kind kind, std::vector<Value> items, std::size_t at) {
+    Value v = Raw::make_container(kind, {});
+    Container& c = *Raw::container(v);
+    for (const Value& x : items) add_child(c, x, at);
+    if (kind == kSet || kind == kFrozenset) {
+      for (Value& x : items) set_add(c, std::move(x));
+    } else {
+      c.items = std::move(items);
+    }
+    return v;
+  }
+
+  // ---- memo ----
+  void put(std::uint64_t index, std::size_t at) {
+    (void)at;
+    const Item& top = stack_.back();
+    if (index < memo_.size()) {
+      memo_[index] = top;
+    } else if (index == memo_.size()) {
+      memo_.push_back(top);
+      sparse_.erase(static_cast<std::uint32_t>(index));
+    } else {
+      sparse_[static_cast<std::uint32_t>(index)] = top;
+    }
+  }
+  void fetch(std::uint64_t index, std::size_t at) {
+    if (index < memo_.size()) {
+      stack_.push_back(memo_[index]);
+      return;
+    }
+    auto it = sparse_.find(static_cast<std::uint32_t>(index));
+    if (it == sparse_.end()) fail("memo key " + std::to_string(index) + " was never stored", at);
+    stack_.push_back(it->second);
+  }
+
+  // ---- globals ----
+  void push_global(std::string_view module, std::string_view name, std::size_t at) {
+    Global g = Global::none;
+    if (module == "builtins" || module == "__builtin__") {
+      if (name == "set") g = Global::set;
+      else if (name == "frozenset") g = Global::frozenset;
+      else if (name == "list") g = Global::list;
+      else if (name == "bytearray") g = Global::bytearray;
+      else if (name == "bytes") g = Global::bytes;
+    } else if (module == "_codecs" && name == "encode") {
+      g = Global::codecs_encode;
+    }
+    if (g == Global::none) {
+      std::string shown = std::string(module.substr(0, 200)) + "." + std::string(name.substr(0, 200));
+      fail("refusing to load global '" + shown + "': only " + kAllowed + " are allowed", at);
+    }
+    stack_.push_back(Item{Value(), g});
+  }
+
+  Value reduce(Global g, const std::vector<Value>& args, std::size_t at) {
+    const auto bad = [&](const char* what) {
+      fail(std::string("REDUCE of ") + what + " with arguments it does not take from a pickle of plain data", at);
+    };
+    switch (g) {
+      case Global::set:
+      case Global::frozenset:
+      case Global::list: {
+        const char* name = g == Global::set ? "builtins.set" : g == Global::frozenset ? "builtins.frozenset" : "builtins.list";
+        const Kind kind = g == Global::set ? kSet : g == Global::frozenset ? kFrozenset : kList;
+        if (args.empty()) return Raw::make_container(kind, {});
+        const Kind from = Raw::kind(args[0]);
+        if (args.size() != 1 || !(from == kList || from == kTuple || from == kSet || from == kFrozenset)) bad(name);
+        return build(kind, Raw::container(args[0])->items, at);
+      }
+      case Global::bytearray:
+      case Global::bytes: {
+        if (args.empty()) return Raw::make_bytes("");
+        if (args.size() != 1 || Raw::kind(args[0]) != kBytes) bad(g == Global::bytes ? "builtins.bytes" : "builtins.bytearray");
+        return args[0];
+      }
+      case Global::codecs_encode: {
+        if (args.size() != 2 || Raw::kind(args[0]) != kStr || Raw::kind(args[1]) != kStr ||
+            (Raw::text(args[1]) != "latin1" && Raw::text(args[1]) != "latin-1"))
+          bad("_codecs.encode (only (str, 'latin1'), as protocol 2 writes bytes, is accepted)");
+        const std::string& s = Raw::text(args[0]);  // valid UTF-8: code points <= 0xff become bytes
+        std::string out;
+        out.reserve(s.size());
+        for (std::size_t i = 0; i < s.size(); ++i) {
+          const auto c = static_cast<unsigned char>(s[i]);
+          if (c < 0x80) {
+            out += static_cast<char>(c);
+          } else if ((c == 0xc2 || c == 0xc3) && i + 1 < s.size()) {
+            out += static_cast<char>(((c & 0x03) << 6) | (static_cast<unsigned char>(s[++i]) & 0x3f));
+          } else {
+            fail("_codecs.encode: a code point above U+00FF cannot be encoded as latin1", at);
+          }
+        }
+        return Raw::make_bytes(std::move(out));
+      }
+      case Global::none: break;
+    }
+    fail("REDUCE of an unknown global", at);
+  }
+
+  const unsigned char* data_;
+  std::size_t size_;
+  std::size_t pos_ = 0;
+  std::size_t budget_;  // items that may still be put into containers
+  std::vector<Item> stack_;
+  std::vector<std::size_t> marks_;
+  std::vector<Item> memo_;
+  std::unordered_map<std::uint32_t, Item> sparse_;  // memo indices stored out of order
+};
+
+}  // namespace
+
+Value load_value(std::span<const std::byte> data) { return Reader(data).run(); }
+
+}  // namespace mp::pickle::detail
