@@ -378,6 +378,12 @@ double raw_atomic_increment(long n) {
   return t;
 }
 
+}  // namespace
+namespace bench_listener {
+void run(const std::string& only, bool quick);
+}
+namespace {
+
 bool selected(const std::string& only, const char* name) { return only.empty() || only == name; }
 
 }  // namespace
@@ -442,5 +448,6 @@ int main(int argc, char** argv) {
   if (selected(only, "value_locked_increment_2proc"))
     report("value_locked_increment_2proc", "Mincr/s", 1e-6,
            measure(reps, scale(4000000), ours_value_locked_increment, raw_atomic_increment), true);
+  bench_listener::run(only, quick);
   return 0;
 }

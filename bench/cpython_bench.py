@@ -187,6 +187,8 @@ def main():
         ('value_locked_increment_2proc', 'Mincr/s',
          lambda: 1e-6 / median_per_op(reps, scale(200000), value_locked_increment)),
     ]
+    import cpython_bench_listener
+    cases += cpython_bench_listener.cases(median_per_op, reps, scale)
     for name, unit, run in cases:
         if only and only != name:
             continue
