@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -171,6 +172,14 @@ void advise_huge_pages(void* p, std::size_t n) noexcept {
   if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 
+// "localhost", "LocalHost." and names under ".localhost" (RFC 6761).
+static bool is_localhost(std::string_view host) {
+  std::string h;
+  for (char c : host) h += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (!h.empty() && h.back() == '.') h.pop_back();
+  return h == "localhost" || (h.size() > 10 && h.compare(h.size() - 10, 10, ".localhost") == 0);
+}
+
 // ---- listening and connecting sockets ----
 
 namespace {
@@ -196,6 +205,12 @@ RawAddress to_raw(const SocketAddress& address) {
       return raw;
     }
     if (::inet_pton(AF_INET, address.host.c_str(), &in->sin_addr) == 1) return raw;
+    if (is_localhost(address.host)) {
+      // RFC 6761 §6.3: "localhost" is the loopback address, without asking a resolver (as curl
+      // does); a minimal system may have no /etc/hosts, and DNS must not decide it.
+      in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      return raw;
+    }
     addrinfo hints{};
     hints.ai_family = AF_INET;  // CPython's AF_INET family is IPv4 only
     hints.ai_socktype = SOCK_STREAM;
