@@ -56,8 +56,14 @@ class LogCapture {
 
 // State letter of /proc/<pid>/stat ('Z' for a zombie), '?' when gone.
 char process_state(int pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string all;
+  try {
+    // A process that dies while we read reads as ESRCH, which libstdc++ throws from underflow.
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    all.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  } catch (const std::exception&) {
+    return '?';
+  }
   auto close = all.rfind(')');
   return close == std::string::npos || close + 2 >= all.size() ? '?' : all[close + 2];
 }

@@ -309,7 +309,12 @@ TEST(Lock, uncontended_acquire_and_release_make_no_system_call) {
   }
   double sys = system_time() - s0;
   EXPECT_LT(sys, 0.05) << "system time spent in uncontended operations";
-  EXPECT_LT(lock_wall, 0.2) << "1,000,000 uncontended Lock acquire/release pairs";
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  const double kWallBound = 2.0;  // instrumented builds run the fast path several times slower
+#else
+  const double kWallBound = 0.2;
+#endif
+  EXPECT_LT(lock_wall, kWallBound) << "1,000,000 uncontended Lock acquire/release pairs";
 }
 
 TEST(RLock, nests_for_its_owner_and_counts_levels) {
