@@ -5,6 +5,10 @@
 //   mp_bench [--quick] [--case NAME]
 #include <multiprocessing.hpp>
 
+#if __has_include(<boost/interprocess/ipc/message_queue.hpp>)
+#include <boost/interprocess/ipc/message_queue.hpp>
+#endif
+
 #include <linux/futex.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -378,6 +382,248 @@ double raw_atomic_increment(long n) {
   return t;
 }
 
+// ---- queues ----
+// Small items (32-byte Bytes) from one producer child to the parent; the rate in messages/s.
+double ours_queue_small_1to1(long n) {
+  mp::Queue<mp::Bytes> q;
+  mp::Process producer([q, n]() mutable {
+    mp::Bytes item(32);
+    for (long i = 0; i < n; ++i) q.put(item);
+  });
+  producer.start();
+  auto t0 = Clock::now();
+  for (long i = 0; i < n; ++i) (void)q.get();
+  double t = seconds_since(t0);
+  producer.join();
+  return t;
+}
+
+// Two producer children, two consumer children (n items in all); the parent times until both
+// consumers report.
+double ours_queue_small_2to2(long n) {
+  mp::Queue<mp::Bytes> q;
+  mp::Queue<long> done;
+  auto produce = [](mp::Queue<mp::Bytes> qq, long k) {
+    mp::Bytes item(32);
+    for (long i = 0; i < k; ++i) qq.put(item);
+    qq.put(mp::Bytes{});  // a stop mark for one consumer
+  };
+  auto consume = [](mp::Queue<mp::Bytes> qq, mp::Queue<long> d) {
+    long got = 0;
+    while (!qq.get().empty()) ++got;
+    d.put(got);
+  };
+  mp::Process c1(consume, q, done), c2(consume, q, done);
+  c1.start();
+  c2.start();
+  auto t0 = Clock::now();
+  mp::Process p1(produce, q, n / 2), p2(produce, q, n - n / 2);
+  p1.start();
+  p2.start();
+  long total = done.get() + done.get();
+  double t = seconds_since(t0);
+  for (auto* p : {&p1, &p2, &c1, &c2}) p->join();
+  if (total != n) std::fprintf(stderr, "queue_small_2to2: %ld != %ld\n", total, n);
+  return t;
+}
+
+// The raw limit for small messages: a single-producer single-consumer ring of 32-byte slots on a
+// shared page, both sides spinning (no lock, no codec, no waiting in the kernel).
+double raw_spsc_ring(long n) {
+  constexpr long kSlots = 4096;
+  struct Ring {
+    alignas(64) std::atomic<long> head;
+    alignas(64) std::atomic<long> tail;
+    alignas(64) char slots[kSlots][32];
+  };
+  void* mem = mmap(nullptr, sizeof(Ring), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  auto* ring = new (mem) Ring{};
+  pid_t pid = fork();
+  char item[32] = {};
+  if (pid == 0) {
+    for (long i = 0; i < n; ++i) {
+      while (i - ring->head.load(std::memory_order_acquire) >= kSlots) {
+      }
+      std::memcpy(ring->slots[i % kSlots], item, 32);
+      ring->tail.store(i + 1, std::memory_order_release);
+    }
+    _exit(0);
+  }
+  auto t0 = Clock::now();
+  for (long i = 0; i < n; ++i) {
+    while (ring->tail.load(std::memory_order_acquire) <= i) {
+    }
+    std::memcpy(item, ring->slots[i % kSlots], 32);
+    ring->head.store(i + 1, std::memory_order_release);
+  }
+  double t = seconds_since(t0);
+  waitpid(pid, nullptr, 0);
+  munmap(mem, sizeof(Ring));
+  return t;
+}
+
+// 4 MiB items from a producer child to the parent; the rate in MiB/s.
+double ours_queue_4mib(long n) {
+  mp::Queue<mp::Bytes> q;
+  mp::Process producer([q, n]() mutable {
+    mp::Bytes item(4 << 20, std::byte{1});
+    for (long i = 0; i < n; ++i) q.put(item);
+  });
+  producer.start();
+  (void)q.get();  // the first one warms both sides up
+  auto t0 = Clock::now();
+  for (long i = 1; i < n; ++i) (void)q.get();
+  double t = seconds_since(t0);
+  producer.join();
+  return t * static_cast<double>(n) / static_cast<double>(std::max(1L, n - 1)) / 4.0;
+}
+
+// The raw limit for large items: memcpy bandwidth of 4 MiB blocks in one process.
+double raw_memcpy_4mib(long n) {
+  std::vector<char> a(4 << 20, 1), b(4 << 20);
+  auto t0 = Clock::now();
+  for (long i = 0; i < n; ++i) {
+    std::memcpy(b.data(), a.data(), a.size());
+    asm volatile("" : : "r"(b.data()) : "memory");
+  }
+  return seconds_since(t0) / 4.0;
+}
+
+// A round trip through two queues: the parent puts a long, a child gets it and puts it back.
+double ours_queue_pingpong(long n) {
+  mp::Queue<long> ping, pong;
+  mp::Process echo([ping, pong]() mutable {
+    for (;;) {
+      long v = ping.get();
+      pong.put(v);
+      if (v < 0) return;
+    }
+  });
+  echo.start();
+  auto t0 = Clock::now();
+  for (long i = 0; i < n; ++i) {
+    ping.put(i);
+    (void)pong.get();
+  }
+  double t = seconds_since(t0);
+  ping.put(-1);
+  (void)pong.get();
+  echo.join();
+  return t;
+}
+
+// The raw limit: one word on a shared page, both sides spinning.
+double raw_spin_pingpong(long n) {
+  void* page = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  auto* word = new (page) std::atomic<long>(0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    for (long i = 0; i < n; ++i) {
+      while (word->load(std::memory_order_acquire) != 2 * i + 1) {
+      }
+      word->store(2 * i + 2, std::memory_order_release);
+    }
+    _exit(0);
+  }
+  auto t0 = Clock::now();
+  for (long i = 0; i < n; ++i) {
+    word->store(2 * i + 1, std::memory_order_release);
+    while (word->load(std::memory_order_acquire) != 2 * i + 2) {
+    }
+  }
+  double t = seconds_since(t0);
+  waitpid(pid, nullptr, 0);
+  munmap(page, 4096);
+  return t;
+}
+
+// ---- pools ----
+// Two workers (fork), started before the clock; the rate of tiny tasks in tasks/s, or one
+// apply_async round trip. The raw limit: the same calls made in this process, or our own pipe
+// round trip (what one task's request and answer cost at least).
+int pool_tiny(int x) { return x + 1; }
+
+double ours_pool_map(long n) {
+  mp::Pool pool(2);
+  std::vector<int> xs(static_cast<std::size_t>(n), 1);
+  auto t0 = Clock::now();
+  auto r = pool.map(pool_tiny, xs);
+  double t = seconds_since(t0);
+  if (r.size() != xs.size()) std::fprintf(stderr, "pool_map: wrong size\n");
+  return t;
+}
+
+double raw_local_map(long n) {
+  std::vector<int> xs(static_cast<std::size_t>(n), 1);
+  auto t0 = Clock::now();
+  std::vector<int> r;
+  r.reserve(xs.size());
+  for (int x : xs) r.push_back(pool_tiny(x));
+  double t = seconds_since(t0);
+  if (r.size() != xs.size()) std::fprintf(stderr, "local_map: wrong size\n");
+  return t;
+}
+
+double ours_pool_imap(long n) {
+  mp::Pool pool(2);
+  std::vector<int> xs(static_cast<std::size_t>(n), 1);
+  auto t0 = Clock::now();
+  long sum = 0;
+  for (int v : pool.imap(pool_tiny, xs, 1)) sum += v;
+  double t = seconds_since(t0);
+  if (sum != 2 * n) std::fprintf(stderr, "pool_imap: wrong sum\n");
+  return t;
+}
+
+double ours_pool_apply_async(long n) {
+  mp::Pool pool(2);
+  (void)pool.apply(pool_tiny, 0);
+  auto t0 = Clock::now();
+  for (long i = 0; i < n; ++i) (void)pool.apply_async(pool_tiny, 1).get();
+  return seconds_since(t0);
+}
+
+double ours_pool_start(long n) {
+  auto ctx = mp::get_context("fork");
+  auto t0 = Clock::now();
+  for (long i = 0; i < n; ++i) {
+    mp::PoolOptions o;
+    o.processes = 2;
+    o.context = ctx;
+    mp::Pool pool(o);
+    pool.close();
+    pool.join();
+  }
+  return seconds_since(t0);
+}
+
+#if __has_include(<boost/interprocess/ipc/message_queue.hpp>)
+#define MP_BENCH_HAVE_BOOST 1
+// Boost.Interprocess's message_queue (Debian's libboost-dev) with the same 32-byte messages, one
+// producer child to the parent: the usual C++ answer to "a queue between processes".
+double boost_queue_small_1to1(long n) {
+  namespace bip = boost::interprocess;
+  const std::string name = "bench_boost_mq_" + std::to_string(getpid());
+  bip::message_queue::remove(name.c_str());
+  bip::message_queue mq(bip::create_only, name.c_str(), 4096, 32);
+  pid_t pid = fork();
+  if (pid == 0) {
+    char item[32] = {};
+    for (long i = 0; i < n; ++i) mq.send(item, sizeof item, 0);
+    _exit(0);
+  }
+  bip::message_queue::remove(name.c_str());  // both processes have it mapped: the name can go
+  char item[32];
+  bip::message_queue::size_type got = 0;
+  unsigned priority = 0;
+  auto t0 = Clock::now();
+  for (long i = 0; i < n; ++i) mq.receive(item, sizeof item, got, priority);
+  double t = seconds_since(t0);
+  waitpid(pid, nullptr, 0);
+  return t;
+}
+#endif
+
 }  // namespace
 namespace bench_listener {
 void run(const std::string& only, bool quick);
@@ -448,6 +694,42 @@ int main(int argc, char** argv) {
   if (selected(only, "value_locked_increment_2proc"))
     report("value_locked_increment_2proc", "Mincr/s", 1e-6,
            measure(reps, scale(4000000), ours_value_locked_increment, raw_atomic_increment), true);
+  if (selected(only, "queue_small_1to1"))
+    report("queue_small_1to1", "Mmsg/s", 1e-6, measure(reps, scale(2000000), ours_queue_small_1to1, raw_spsc_ring), true);
+#ifdef MP_BENCH_HAVE_BOOST
+  // Side by side with Boost.Interprocess: here the "raw" column is Boost's message_queue.
+  if (selected(only, "queue_small_1to1_boost"))
+    report("queue_small_1to1_boost", "Mmsg/s", 1e-6,
+           measure(reps, scale(2000000), ours_queue_small_1to1, boost_queue_small_1to1), true);
+#endif
+  if (selected(only, "queue_small_2to2"))
+    report("queue_small_2to2", "Mmsg/s", 1e-6, measure(reps, scale(2000000), ours_queue_small_2to2, raw_spsc_ring), true);
+  if (selected(only, "queue_4MiB"))
+    report("queue_4MiB", "MiB/s", 1.0, measure(reps, scale(500), ours_queue_4mib, raw_memcpy_4mib), true);
+  if (selected(only, "queue_pingpong"))
+    report("queue_pingpong", "us/roundtrip", 1e6, measure(reps, scale(100000), ours_queue_pingpong, raw_spin_pingpong),
+           false);
+  if (selected(only, "pool_map_10k_tiny"))
+    report("pool_map_10k_tiny", "Mtasks/s", 1e-6,
+           measure(reps, 1, [&](long) { return ours_pool_map(scale(10000)) / static_cast<double>(scale(10000)); },
+                   [&](long) { return raw_local_map(scale(10000)) / static_cast<double>(scale(10000)); }),
+           true);
+  if (selected(only, "pool_map_1M_tiny"))
+    report("pool_map_1M_tiny", "Mtasks/s", 1e-6,
+           measure(reps, 1, [&](long) { return ours_pool_map(scale(1000000)) / static_cast<double>(scale(1000000)); },
+                   [&](long) { return raw_local_map(scale(1000000)) / static_cast<double>(scale(1000000)); }),
+           true);
+  if (selected(only, "pool_imap_chunksize1_100k"))
+    report("pool_imap_chunksize1_100k", "ktasks/s", 1e-3,
+           measure(reps, 1, [&](long) { return ours_pool_imap(scale(100000)) / static_cast<double>(scale(100000)); },
+                   [&](long) { return ours_pingpong(scale(100000), 8) / static_cast<double>(scale(100000)); }),
+           true);
+  if (selected(only, "pool_apply_async_roundtrip"))
+    report("pool_apply_async_roundtrip", "us/roundtrip", 1e6,
+           measure(reps, scale(5000), ours_pool_apply_async, [](long k) { return ours_pingpong(k, 8); }), false);
+  if (selected(only, "pool_start_close_join_fork"))
+    report("pool_start_close_join_fork", "ms/pool", 1e3, measure(reps, scale(100), ours_pool_start, raw_fork_join),
+           false);
   bench_listener::run(only, quick);
   return 0;
 }

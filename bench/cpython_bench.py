@@ -151,6 +151,120 @@ def value_locked_increment(n):
     return time.perf_counter() - t0
 
 
+def _queue_produce(q, n, size):
+    item = bytes(size)
+    for _ in range(n):
+        q.put(item)
+
+
+def queue_1to1(n, size):
+    q = mp.Queue()
+    p = mp.get_context('fork').Process(target=_queue_produce, args=(q, n, size))
+    p.start()
+    q.get()  # the first one: the feeder thread and both sides are running
+    t0 = time.perf_counter()
+    for _ in range(n - 1):
+        q.get()
+    t = time.perf_counter() - t0
+    p.join()
+    return t * n / max(1, n - 1)
+
+
+def _queue_produce_stop(q, n, size):
+    _queue_produce(q, n, size)
+    q.put(b'')
+
+
+def _queue_consume(q, done):
+    got = 0
+    while q.get():
+        got += 1
+    done.put(got)
+
+
+def queue_2to2(n, size):
+    q, done = mp.Queue(), mp.Queue()
+    ctx = mp.get_context('fork')
+    consumers = [ctx.Process(target=_queue_consume, args=(q, done)) for _ in range(2)]
+    for c in consumers:
+        c.start()
+    t0 = time.perf_counter()
+    producers = [ctx.Process(target=_queue_produce_stop, args=(q, k, size)) for k in (n // 2, n - n // 2)]
+    for p in producers:
+        p.start()
+    done.get() + done.get()
+    t = time.perf_counter() - t0
+    for p in producers + consumers:
+        p.join()
+    return t
+
+
+def _queue_echo(ping, pong):
+    while True:
+        v = ping.get()
+        pong.put(v)
+        if v < 0:
+            return
+
+
+def queue_pingpong(n):
+    ping, pong = mp.Queue(), mp.Queue()
+    p = mp.get_context('fork').Process(target=_queue_echo, args=(ping, pong))
+    p.start()
+    t0 = time.perf_counter()
+    for i in range(n):
+        ping.put(i)
+        pong.get()
+    t = time.perf_counter() - t0
+    ping.put(-1)
+    pong.get()
+    p.join()
+    return t
+
+
+def _tiny(x):
+    return x + 1
+
+
+def pool_map(n):
+    with mp.get_context('fork').Pool(2) as pool:
+        xs = [1] * n
+        t0 = time.perf_counter()
+        r = pool.map(_tiny, xs)
+        t = time.perf_counter() - t0
+        assert len(r) == n
+    return t
+
+
+def pool_imap(n):
+    with mp.get_context('fork').Pool(2) as pool:
+        xs = [1] * n
+        t0 = time.perf_counter()
+        s = sum(pool.imap(_tiny, xs, 1))
+        t = time.perf_counter() - t0
+        assert s == 2 * n
+    return t
+
+
+def pool_apply_async(n):
+    with mp.get_context('fork').Pool(2) as pool:
+        pool.apply(_tiny, (0,))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            pool.apply_async(_tiny, (1,)).get()
+        return time.perf_counter() - t0
+
+
+def pool_start(n):
+    ctx = mp.get_context('fork')
+    t0 = time.perf_counter()
+    for _ in range(n):
+        pool = ctx.Pool(2)
+        pool.close()
+        pool.join()
+    return time.perf_counter() - t0
+
+
 def on_one_cpu(run):
     """The ping-pong on one CPU, as bench_main.cpp measures it (children inherit the mask)."""
     saved = os.sched_getaffinity(0)
@@ -186,6 +300,17 @@ def main():
          lambda: on_one_cpu(lambda: 1e6 * median_per_op(reps, scale(20000), event_pingpong))),
         ('value_locked_increment_2proc', 'Mincr/s',
          lambda: 1e-6 / median_per_op(reps, scale(200000), value_locked_increment)),
+        ('queue_small_1to1', 'Mmsg/s', lambda: 1e-6 / median_per_op(reps, scale(200000), lambda k: queue_1to1(k, 32))),
+        ('queue_small_2to2', 'Mmsg/s', lambda: 1e-6 / median_per_op(reps, scale(200000), lambda k: queue_2to2(k, 32))),
+        ('queue_4MiB', 'MiB/s', lambda: 4.0 / median_per_op(reps, scale(500), lambda k: queue_1to1(k, 4 << 20))),
+        ('queue_pingpong', 'us/roundtrip', lambda: 1e6 * median_per_op(reps, scale(20000), queue_pingpong)),
+    ]
+    cases += [
+        ('pool_map_10k_tiny', 'Mtasks/s', lambda: 1e-6 / median_per_op(reps, scale(10000), pool_map)),
+        ('pool_map_1M_tiny', 'Mtasks/s', lambda: 1e-6 / median_per_op(reps, scale(1000000), pool_map)),
+        ('pool_imap_chunksize1_100k', 'ktasks/s', lambda: 1e-3 / median_per_op(reps, scale(100000), pool_imap)),
+        ('pool_apply_async_roundtrip', 'us/roundtrip', lambda: 1e6 * median_per_op(reps, scale(5000), pool_apply_async)),
+        ('pool_start_close_join_fork', 'ms/pool', lambda: 1e3 * median_per_op(reps, scale(100), pool_start)),
     ]
     import cpython_bench_listener
     cases += cpython_bench_listener.cases(median_per_op, reps, scale)

@@ -12,3 +12,6 @@
 #include <multiprocessing/synchronize.hpp>
 #include <multiprocessing/sharedctypes.hpp>
 #include <multiprocessing/shared_memory.hpp>
+#include <multiprocessing/queues.hpp>
+#include <multiprocessing/managers.hpp>
+#include <multiprocessing/pool.hpp>

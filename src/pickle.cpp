@@ -167,6 +167,14 @@ bool valid_utf8(std::string_view s) noexcept {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   const auto* end = p + s.size();
   while (p < end) {
+    // ASCII eight bytes at a time (the common case)
+    while (end - p >= 8) {
+      std::uint64_t word;
+      std::memcpy(&word, p, 8);
+      if (word & 0x8080808080808080ULL) break;
+      p += 8;
+    }
+    if (p == end) break;
     const unsigned c = *p;
     if (c < 0x80) {
       ++p;
@@ -311,12 +319,41 @@ class Equal {
   std::unordered_set<std::pair<const Container*, const Container*>, PairHash> proven_;
 };
 
-void index_insert(Container& c, std::size_t hash, std::size_t pos) { c.index.emplace(hash, pos); }
+// A slot holds the low 32 bits of the hash (which also choose where probing starts, so that
+// growing the table needs no rehashing) above the position + 1.
+constexpr std::uint64_t slot_of(std::size_t hash, std::size_t pos) {
+  return (static_cast<std::uint64_t>(hash) << 32) | static_cast<std::uint64_t>(pos + 1);
+}
 
-void build_index(Container& c, std::size_t step) {
-  c.index.clear();
-  c.index.reserve(c.items.size() / step * 2);
-  for (std::size_t i = 0; i < c.items.size(); i += step) index_insert(c, hash_value(c.items[i]), i);
+// Places a slot in the table, which has room (it is kept at most half full).
+void index_place(std::vector<std::uint64_t>& index, std::uint64_t slot) {
+  const std::size_t mask = index.size() - 1;
+  std::size_t i = static_cast<std::size_t>(slot >> 32) & mask;
+  while (index[i] != 0) i = (i + 1) & mask;
+  index[i] = slot;
+}
+
+// (Re)builds the table with room for `entries` entries: from the old slots when there is an index
+// (no rehashing), else from the items.
+void build_index(Container& c, std::size_t step, std::size_t entries) {
+  std::size_t capacity = 16;
+  while (capacity < 2 * (entries + 1)) capacity *= 2;
+  if (capacity <= c.index.size()) return;
+  std::vector<std::uint64_t> old = std::move(c.index);
+  c.index.assign(capacity, 0);
+  if (!old.empty()) {
+    for (std::uint64_t slot : old)
+      if (slot != 0) index_place(c.index, slot);
+  } else {
+    for (std::size_t i = 0; i < c.items.size(); i += step) index_place(c.index, slot_of(hash_value(c.items[i]), i));
+  }
+}
+
+void index_insert(Container& c, std::size_t hash, std::size_t pos, std::size_t step) {
+  if (pos + 1 >= 0xffffffffu) throw std::length_error("pickle: a dict or set of more than 2**32 entries");
+  const std::size_t entries = pos / step + 1;  // with this one
+  if (2 * entries >= c.index.size()) build_index(c, step, 2 * entries);
+  index_place(c.index, slot_of(hash, pos));
 }
 
 }  // namespace
@@ -325,10 +362,20 @@ bool values_equal(const Value& a, const Value& b) { return Equal{}(a, b); }
 
 std::size_t find_in(const Container& c, const Value& key, std::size_t hash, std::size_t step) {
   if (!c.index.empty()) {
-    auto [first, last] = c.index.equal_range(hash);
-    for (auto it = first; it != last; ++it)
-      if (values_equal(c.items[it->second], key)) return it->second;
-    return kNpos;
+    const std::size_t mask = c.index.size() - 1;
+    const std::uint64_t high = static_cast<std::uint64_t>(hash) << 32;
+    for (std::size_t i = static_cast<std::uint32_t>(hash) & mask;; i = (i + 1) & mask) {
+      const std::uint64_t slot = c.index[i];
+      if (slot == 0) return kNpos;
+      if ((slot & 0xffffffff00000000ULL) != high) continue;
+      const std::size_t pos = static_cast<std::size_t>(slot & 0xffffffffu) - 1;
+      const Value& there = c.items[pos];
+      if (Raw::kind(key) == kStr && Raw::kind(there) == kStr) {  // the common case, without the general rules
+        if (Raw::text(there) == Raw::text(key)) return pos;
+        continue;
+      }
+      if (values_equal(there, key)) return pos;
+    }
   }
   if (Raw::kind(key) == kStr) {  // the common case: a str key, compared without the general rules
     const std::string& text = Raw::text(key);
@@ -341,7 +388,32 @@ std::size_t find_in(const Container& c, const Value& key, std::size_t hash, std:
   return kNpos;
 }
 
-void dict_set(Container& c, Value key, Value value) {
+namespace {
+// What hash_value() refuses, refused without computing a hash (small dicts and sets, scanned
+// linearly, need none).
+void check_hashable(const Value& v) {
+  const Kind k = Raw::kind(v);
+  if (k <= kBytes || k == kFrozenset) return;
+  if (k == kTuple) {
+    for (const Value& x : Raw::container(v)->items) check_hashable(x);
+    return;
+  }
+  (void)hash_value(v);  // throws, naming the type
+}
+}  // namespace
+
+void dict_set(Container& c, Value&& key, Value&& value) {
+  if (c.index.empty() && c.items.size() / 2 + 1 < kIndexThreshold) {  // stays small: a linear scan
+    check_hashable(key);
+    const std::size_t at = find_in(c, key, 0, 2);
+    if (at != kNpos) {
+      c.items[at + 1] = std::move(value);
+    } else {
+      c.items.push_back(std::move(key));
+      c.items.push_back(std::move(value));
+    }
+    return;
+  }
   const std::size_t h = hash_value(key);
   const std::size_t at = find_in(c, key, h, 2);
   if (at != kNpos) {
@@ -352,21 +424,33 @@ void dict_set(Container& c, Value key, Value value) {
   c.items.push_back(std::move(key));
   c.items.push_back(std::move(value));
   if (!c.index.empty()) {
-    index_insert(c, h, pos);
+    index_insert(c, h, pos, 2);
   } else if (c.items.size() / 2 >= kIndexThreshold) {
-    build_index(c, 2);
+    build_index(c, 2, c.items.size() / 2);
   }
 }
 
-bool set_add(Container& c, Value item) {
+void reserve_entries(Container& c, std::size_t more, std::size_t step) {
+  c.items.reserve(c.items.size() + more * step);
+  const std::size_t entries = c.items.size() / step + more;
+  if (entries >= kIndexThreshold) build_index(c, step, entries);
+}
+
+bool set_add(Container& c, Value&& item) {
+  if (c.index.empty() && c.items.size() + 1 < kIndexThreshold) {  // stays small: a linear scan
+    check_hashable(item);
+    if (find_in(c, item, 0, 1) != kNpos) return false;
+    c.items.push_back(std::move(item));
+    return true;
+  }
   const std::size_t h = hash_value(item);
   if (find_in(c, item, h, 1) != kNpos) return false;
   const std::size_t pos = c.items.size();
   c.items.push_back(std::move(item));
   if (!c.index.empty()) {
-    index_insert(c, h, pos);
+    index_insert(c, h, pos, 1);
   } else if (c.items.size() >= kIndexThreshold) {
-    build_index(c, 1);
+    build_index(c, 1, c.items.size());
   }
   return true;
 }
@@ -386,6 +470,10 @@ Value Raw::make_str_unchecked(std::string s) {
   v.kind_ = Value::Kind::str;
   v.text_ = std::move(s);
   return v;
+}
+void Raw::assign_text(Value& v, Kind kind, std::string_view t) {
+  v.kind_ = static_cast<Value::Kind>(kind);
+  v.text_.assign(t.data(), t.size());
 }
 Value Raw::make_bytes(std::string s) {
   Value v;
@@ -584,13 +672,13 @@ Value Value::list(std::vector<Value> items) { return Raw::make_container(detail:
 Value Value::tuple(std::vector<Value> items) { return Raw::make_container(detail::kTuple, std::move(items)); }
 Value Value::dict(std::vector<std::pair<Value, Value>> items) {
   Value v = Raw::make_container(detail::kDict, {});
-  v.items_->items.reserve(items.size() * 2);
+  detail::reserve_entries(*v.items_, items.size(), 2);
   for (auto& [k, x] : items) detail::dict_set(*v.items_, std::move(k), std::move(x));
   return v;
 }
 Value Value::set(std::vector<Value> items) {
   Value v = Raw::make_container(detail::kSet, {});
-  v.items_->items.reserve(items.size());
+  detail::reserve_entries(*v.items_, items.size(), 1);
   for (auto& x : items) detail::set_add(*v.items_, std::move(x));
   return v;
 }
@@ -625,12 +713,9 @@ const Value& Value::operator[](std::string_view key) const {
     throw std::invalid_argument("pickle: '" + type_name() + "' object is not a dict (looking up '" + std::string(key) + "')");
   const Container& c = *items_;
   if (!c.index.empty()) {
-    const std::size_t h = std::hash<std::string_view>{}(key) ^ detail::kStrSalt;
-    auto [first, last] = c.index.equal_range(h);
-    for (auto it = first; it != last; ++it) {
-      const Value& k = c.items[it->second];
-      if (k.kind_ == Kind::str && k.text_ == key) return c.items[it->second + 1];
-    }
+    const std::size_t at = detail::find_in(c, Raw::make_str_unchecked(std::string(key)),
+                                           std::hash<std::string_view>{}(key) ^ detail::kStrSalt, 2);
+    if (at != static_cast<std::size_t>(-1)) return c.items[at + 1];
   } else {
     for (std::size_t i = 0; i + 1 < c.items.size(); i += 2)
       if (c.items[i].kind_ == Kind::str && c.items[i].text_ == key) return c.items[i + 1];

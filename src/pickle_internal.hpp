@@ -27,6 +27,8 @@ struct Raw {
 
   static Value make_str_unchecked(std::string s);
   static Value make_bytes(std::string s);
+  /// Makes v (None) a str or bytes holding t, in place (no Value is moved).
+  static void assign_text(Value& v, Kind kind, std::string_view t);
   /// An int from minimal-or-not two's complement little-endian bytes (normalized).
   static Value make_int_from_twos(std::string_view le);
   /// A container of the given kind (list/tuple/dict/set/frozenset) holding `items` as they are
@@ -44,9 +46,12 @@ bool values_equal(const Value& a, const Value& b);
 /// those of keys (even indices); `step` is 2 for dicts, 1 for sets.
 std::size_t find_in(const Container& c, const Value& key, std::size_t hash, std::size_t step);
 /// dict: d[key] = value (a present key keeps its place and its first spelling).
-void dict_set(Container& c, Value key, Value value);
+void dict_set(Container& c, Value&& key, Value&& value);
 /// set: add (present items are kept, the new one dropped). Returns whether it was added.
-bool set_add(Container& c, Value item);
+bool set_add(Container& c, Value&& item);
+/// Makes room for `more` entries (step 2: dict pairs, 1: set items), the hash index included, so
+/// that adding them does not reallocate or rebuild.
+void reserve_entries(Container& c, std::size_t more, std::size_t step);
 
 /// Decimal digits of a two's complement little-endian integer.
 std::string twos_to_decimal(std::string_view le);

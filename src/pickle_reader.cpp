@@ -13,6 +13,7 @@
 // Limits: every length is checked against the bytes left before anything is allocated; the number
 // of items put into containers is bounded by the input's size; nesting is bounded by kMaxDepth.
 #include "pickle_internal.hpp"
+#include "manager_pickle.hpp"
 
 #include <bit>
 #include <cstring>
@@ -22,7 +23,9 @@
 namespace mp::pickle::detail {
 namespace {
 
-enum class Global : std::int8_t { none = -1, set, frozenset, list, bytearray, bytes, codecs_encode };
+// `object`: a global admitted only by the manager allow-list (load_manager_value); the Item's
+// value holds its "module.name", and REDUCE/NEWOBJ/BUILD turn it into a tagged tuple (data only).
+enum class Global : std::int8_t { none = -1, set, frozenset, list, bytearray, bytes, codecs_encode, object };
 
 constexpr const char* kAllowed =
     "builtins.set, builtins.frozenset, builtins.list, builtins.bytearray, builtins.bytes (also as __builtin__.*) "
@@ -31,6 +34,9 @@ constexpr const char* kAllowed =
 struct Item {
   Value value;
   Global global = Global::none;
+  // For a str or bytes: 1 + the offset of the opcode that holds it (0: none), so that the memo
+  // can keep that offset instead of a copy and decode the opcode again on a memo reference.
+  std::uint32_t origin = 0;
 };
 
 std::string hex_byte(unsigned b) {
@@ -72,10 +78,26 @@ const char* text_opcode_name(unsigned op) {
 
 class Reader {
  public:
-  explicit Reader(std::span<const std::byte> data)
-      : data_(reinterpret_cast<const unsigned char*>(data.data())),
+  explicit Reader(std::span<const std::byte> data, bool manager = false)
+      : manager_(manager),
+        data_(reinterpret_cast<const unsigned char*>(data.data())),
         size_(data.size()),
-        budget_(2 * data.size() + 4096) {}
+        budget_(2 * data.size() + 4096) {
+    stack_.swap(spare().stack);
+    memo_.swap(spare().memo);
+    marks_.swap(spare().marks);
+  }
+  ~Reader() {
+    // The buffers go back for the thread's next loads (growing them is a good part of the cost of
+    // a small pickle), unless they are large.
+    give_back(stack_, spare().stack);
+    give_back(memo_, spare().memo);
+    give_back(marks_, spare().marks);
+  }
+  Reader(const Reader&) = delete;
+  Reader& operator=(const Reader&) = delete;
+
+  bool shares() const { return shares_; }
 
   Value run() {
     while (true) {
@@ -109,6 +131,7 @@ class Reader {
         case 0x32: {                           // DUP
           check_top(at);
           Item copy = stack_.back();
+          if (Raw::container(copy.value)) shares_ = true;
           stack_.push_back(std::move(copy));
           break;
         }
@@ -134,14 +157,14 @@ class Reader {
           push(ValueAccess::floating(std::bit_cast<double>(bits)));
           break;
         }
-        case 0x8c: push(str(read_text(read_u8(), at), at)); break;       // SHORT_BINUNICODE
-        case 0x58: push(str(read_text(read_le(4), at), at)); break;      // BINUNICODE
-        case 0x8d: push(str(read_text(read_le(8), at), at)); break;      // BINUNICODE8
-        case 0x43: push(Raw::make_bytes(std::string(read_text(read_u8(), at)))); break;   // SHORT_BINBYTES
-        case 0x42: push(Raw::make_bytes(std::string(read_text(read_le(4), at)))); break;  // BINBYTES
-        case 0x8e:                                                                        // BINBYTES8
+        case 0x8c: push_text(kStr, read_text(read_u8(), at), at); break;     // SHORT_BINUNICODE
+        case 0x58: push_text(kStr, read_text(read_le(4), at), at); break;    // BINUNICODE
+        case 0x8d: push_text(kStr, read_text(read_le(8), at), at); break;    // BINUNICODE8
+        case 0x43: push_text(kBytes, read_text(read_u8(), at), at); break;   // SHORT_BINBYTES
+        case 0x42: push_text(kBytes, read_text(read_le(4), at), at); break;  // BINBYTES
+        case 0x8e:                                                           // BINBYTES8
         case 0x96:  // BYTEARRAY8: a bytearray arrives as bytes
-          push(Raw::make_bytes(std::string(read_text(read_le(8), at))));
+          push_text(kBytes, read_text(read_le(8), at), at);
           break;
         case 0x5d: push(Raw::make_container(kList, {})); break;   // EMPTY_LIST
         case 0x29: push(Raw::make_container(kTuple, {})); break;  // EMPTY_TUPLE
@@ -154,15 +177,16 @@ class Reader {
           list.items.push_back(std::move(item));
           break;
         }
-        case 0x65: {  // APPENDS
-          std::vector<Item> items = pop_mark(at);
-          Container& list = target(kList, "APPENDS", at);
-          list.items.reserve(list.items.size() + items.size());
-          for (Item& x : items) {
-            Value v = value_of(std::move(x), at);
+        case 0x65: {  // APPENDS: the items are taken from the stack in place
+          const std::size_t mark = pop_mark_start(at);
+          Container& list = target_below(mark, kList, "APPENDS", at);
+          list.items.reserve(list.items.size() + (stack_.size() - mark));
+          for (std::size_t i = mark; i < stack_.size(); ++i) {
+            Value& v = plain(stack_[i], at);
             add_child(list, v, at);
             list.items.push_back(std::move(v));
           }
+          stack_.resize(mark);
           break;
         }
         case 0x73: {  // SETITEM
@@ -175,26 +199,30 @@ class Reader {
           break;
         }
         case 0x75: {  // SETITEMS
-          std::vector<Item> items = pop_mark(at);
-          if (items.size() % 2) fail("odd number of items for SETITEMS", at);
-          Container& dict = target(kDict, "SETITEMS", at);
-          for (std::size_t i = 0; i < items.size(); i += 2) {
-            Value key = value_of(std::move(items[i]), at);
-            Value value = value_of(std::move(items[i + 1]), at);
+          const std::size_t mark = pop_mark_start(at);
+          if ((stack_.size() - mark) % 2) fail("odd number of items for SETITEMS", at);
+          Container& dict = target_below(mark, kDict, "SETITEMS", at);
+          reserve_entries(dict, (stack_.size() - mark) / 2, 2);
+          for (std::size_t i = mark; i < stack_.size(); i += 2) {
+            Value& key = plain(stack_[i], at);
+            Value& value = plain(stack_[i + 1], at);
             add_child(dict, key, at);
             add_child(dict, value, at);
             dict_set(dict, std::move(key), std::move(value));
           }
+          stack_.resize(mark);
           break;
         }
         case 0x90: {  // ADDITEMS
-          std::vector<Item> items = pop_mark(at);
-          Container& set = target(kSet, "ADDITEMS", at);
-          for (Item& x : items) {
-            Value v = value_of(std::move(x), at);
+          const std::size_t mark = pop_mark_start(at);
+          Container& set = target_below(mark, kSet, "ADDITEMS", at);
+          reserve_entries(set, stack_.size() - mark, 1);
+          for (std::size_t i = mark; i < stack_.size(); ++i) {
+            Value& v = plain(stack_[i], at);
             add_child(set, v, at);
             set_add(set, std::move(v));
           }
+          stack_.resize(mark);
           break;
         }
         case 0x85:  // TUPLE1
@@ -208,10 +236,11 @@ class Reader {
         }
         case 0x74:    // TUPLE
         case 0x6c: {  // LIST (protocol 1)
-          std::vector<Item> marked = pop_mark(at);
+          const std::size_t mark = pop_mark_start(at);
           std::vector<Value> items;
-          items.reserve(marked.size());
-          for (Item& x : marked) items.push_back(value_of(std::move(x), at));
+          items.reserve(stack_.size() - mark);
+          for (std::size_t i = mark; i < stack_.size(); ++i) items.push_back(value_of(std::move(stack_[i]), at));
+          stack_.resize(mark);
           push(build(op == 0x74 ? kTuple : kList, std::move(items), at));
           break;
         }
@@ -273,9 +302,39 @@ class Reader {
           Item callable = pop(at);
           if (callable.global == Global::none) fail("REDUCE of something that is not a global", at);
           if (Raw::kind(args) != kTuple) fail("REDUCE arguments must be a tuple", at);
-          push(reduce(callable.global, Raw::container(args)->items, at));
+          if (callable.global == Global::object) {
+            push(tagged(callable.value, args, Value(), at));
+          } else {
+            push(reduce(callable.global, Raw::container(args)->items, at));
+          }
           break;
         }
+        case 0x81:  // NEWOBJ: manager objects only (Token, Namespace), kept as a tagged tuple
+          if (manager_) {
+            Value args = pop_value(at);
+            Item cls = pop(at);
+            if (cls.global != Global::object) fail("NEWOBJ of something that is not an admitted class", at);
+            if (Raw::kind(args) != kTuple) fail("NEWOBJ arguments must be a tuple", at);
+            push(tagged(cls.value, args, Value(), at));
+            break;
+          }
+          [[fallthrough]];
+        case 'b':  // BUILD: manager objects only; sets the state slot of the tagged tuple in place
+          if (manager_ && op == 'b') {
+            Value state = pop_value(at);
+            check_top(at);
+            Item& top = stack_.back();
+            Container* c = Raw::container(top.value);
+            if (top.global != Global::none || !is_tagged_object(top.value) || c->items.size() != 4)
+              fail("BUILD on something that is not an admitted object", at);
+            // A sealed object is already inside another container: setting its state now could
+            // only come from a reference cycle through the state, which is refused.
+            if (c->sealed) fail("BUILD on an object already inside another one (a reference cycle)", at);
+            add_child(*c, state, at);
+            c->items[3] = std::move(state);
+            break;
+          }
+          [[fallthrough]];
         default: {
           if (const char* name = refused_opcode_name(op))
             fail(std::string("refusing opcode ") + name + ": it builds or finds arbitrary objects; only plain data is "
@@ -289,6 +348,21 @@ class Reader {
   }
 
  private:
+  struct Spare {
+    std::vector<Item> stack, memo;
+    std::vector<std::size_t> marks;
+  };
+  static Spare& spare() {
+    static thread_local Spare buffers;
+    return buffers;
+  }
+  template <class T>
+  static void give_back(std::vector<T>& mine, std::vector<T>& spare) {
+    constexpr std::size_t kKeepBytes = 256 * 1024;
+    mine.clear();
+    if (mine.capacity() * sizeof(T) <= kKeepBytes && mine.capacity() > spare.capacity()) mine.swap(spare);
+  }
+
   [[noreturn]] void fail(const std::string& what, std::size_t at) const {
     throw std::invalid_argument("pickle: " + what + " (at offset " + std::to_string(at) + ")");
   }
@@ -305,7 +379,11 @@ class Reader {
   std::uint64_t read_le(std::size_t width) {
     need(width, pos_ - 1);
     std::uint64_t v = 0;
-    for (std::size_t k = 0; k < width; ++k) v |= static_cast<std::uint64_t>(data_[pos_ + k]) << (8 * k);
+    if constexpr (std::endian::native == std::endian::little) {
+      std::memcpy(&v, data_ + pos_, width);
+    } else {
+      for (std::size_t k = 0; k < width; ++k) v |= static_cast<std::uint64_t>(data_[pos_ + k]) << (8 * k);
+    }
     pos_ += width;
     return v;
   }
@@ -323,14 +401,39 @@ class Reader {
     pos_ += n + 1;
     return s;
   }
-  Value str(std::string_view s, std::size_t at) const {
-    if (!valid_utf8(s)) fail("a str that is not valid UTF-8 (lone surrogates are not supported)", at);
-    return Raw::make_str_unchecked(std::string(s));
-  }
 
   // ---- stack ----
   std::size_t fence() const { return marks_.empty() ? 0 : marks_.back(); }
-  void push(Value v) { stack_.push_back(Item{std::move(v), Global::none}); }
+  void push(Value&& v) { stack_.push_back(Item{std::move(v), Global::none, 0}); }
+  // A str or bytes read from the opcode at `at`, made in place on the stack.
+  void push_text(Kind kind, std::string_view text, std::size_t at) {
+    if (kind == kStr && !valid_utf8(text)) fail("a str that is not valid UTF-8 (lone surrogates are not supported)", at);
+    Item& item = stack_.emplace_back();
+    Raw::assign_text(item.value, kind, text);
+    item.origin = at < 0xffffffffu ? static_cast<std::uint32_t>(at + 1) : 0;
+  }
+  // Pushes again the str or bytes of an opcode already read once (so known to be well formed).
+  void push_again(std::uint32_t origin) {
+    const std::size_t at = origin - 1;
+    const unsigned op = data_[at];
+    std::uint64_t n = 0;
+    std::size_t header = 0;
+    const auto le = [&](std::size_t width) {
+      std::uint64_t v = 0;
+      for (std::size_t k = 0; k < width; ++k) v |= static_cast<std::uint64_t>(data_[at + 1 + k]) << (8 * k);
+      return v;
+    };
+    switch (op) {
+      case 0x8c: case 0x43: n = data_[at + 1]; header = 2; break;
+      case 0x58: case 0x42: n = le(4); header = 5; break;
+      default: n = le(8); header = 9; break;  // BINUNICODE8, BINBYTES8, BYTEARRAY8
+    }
+    const bool is_str = op == 0x8c || op == 0x58 || op == 0x8d;
+    Item& item = stack_.emplace_back();
+    Raw::assign_text(item.value, is_str ? kStr : kBytes,
+                     std::string_view(reinterpret_cast<const char*>(data_ + at + header), static_cast<std::size_t>(n)));
+    item.origin = origin;
+  }
   void check_top(std::size_t at) const {
     if (stack_.size() <= fence()) fail("stack underflow", at);
   }
@@ -340,11 +443,21 @@ class Reader {
     stack_.pop_back();
     return item;
   }
-  Value value_of(Item&& item, std::size_t at) const {
+  Value value_of(Item&& item, std::size_t at) {
+    // A manager class used as data (RebuildProxy's first argument) becomes (tag, "module.name").
+    if (item.global == Global::object) return build(kTuple, {Raw::make_bytes(std::string(kObjectTag)), item.value}, at);
     if (item.global != Global::none) fail("a global is only accepted as the callable of REDUCE", at);
     return std::move(item.value);
   }
   Value pop_value(std::size_t at) { return value_of(pop(at), at); }
+  // value_of() in place: the item's value, to be moved from by the caller.
+  Value& plain(Item& item, std::size_t at) {
+    if (item.global != Global::none) {
+      item.value = value_of(std::move(item), at);
+      item.global = Global::none;
+    }
+    return item.value;
+  }
   std::vector<Item> pop_mark(std::size_t at) {
     if (marks_.empty()) fail("could not find MARK", at);
     const std::size_t mark = marks_.back();
@@ -354,10 +467,20 @@ class Reader {
     stack_.resize(mark);
     return items;
   }
+  // The start of the items above the last MARK, which is removed; the items stay on the stack for
+  // the caller to take in place (and then to drop with stack_.resize(mark)).
+  std::size_t pop_mark_start(std::size_t at) {
+    if (marks_.empty()) fail("could not find MARK", at);
+    const std::size_t mark = marks_.back();
+    marks_.pop_back();
+    return mark;
+  }
   // The container on top of the stack, to be filled in place.
-  Container& target(Kind kind, const char* op, std::size_t at) {
-    check_top(at);
-    const Item& top = stack_.back();
+  Container& target(Kind kind, const char* op, std::size_t at) { return target_below(stack_.size(), kind, op, at); }
+  // The container right below stack position `end`, to be filled in place.
+  Container& target_below(std::size_t end, Kind kind, const char* op, std::size_t at) {
+    if (end <= fence()) fail("stack underflow", at);
+    const Item& top = stack_[end - 1];
     if (top.global != Global::none || Raw::kind(top.value) != kind)
       fail(std::string(op) + " on a " + (top.global != Global::none ? std::string("global") : top.value.type_name()), at);
     Container* c = Raw::container(top.value);
@@ -393,23 +516,32 @@ class Reader {
   void put(std::uint64_t index, std::size_t at) {
     (void)at;
     const Item& top = stack_.back();
+    // A str or bytes is remembered by where it was read, not copied.
+    Item entry = top.origin != 0 ? Item{Value(), Global::none, top.origin} : top;
     if (index < memo_.size()) {
-      memo_[index] = top;
+      memo_[index] = std::move(entry);
     } else if (index == memo_.size()) {
-      memo_.push_back(top);
-      sparse_.erase(static_cast<std::uint32_t>(index));
+      memo_.push_back(std::move(entry));
+      if (!sparse_.empty()) sparse_.erase(static_cast<std::uint32_t>(index));
     } else {
-      sparse_[static_cast<std::uint32_t>(index)] = top;
+      sparse_[static_cast<std::uint32_t>(index)] = std::move(entry);
     }
   }
   void fetch(std::uint64_t index, std::size_t at) {
+    const Item* entry = nullptr;
     if (index < memo_.size()) {
-      stack_.push_back(memo_[index]);
-      return;
+      entry = &memo_[index];
+    } else {
+      auto it = sparse_.find(static_cast<std::uint32_t>(index));
+      if (it == sparse_.end()) fail("memo key " + std::to_string(index) + " was never stored", at);
+      entry = &it->second;
     }
-    auto it = sparse_.find(static_cast<std::uint32_t>(index));
-    if (it == sparse_.end()) fail("memo key " + std::to_string(index) + " was never stored", at);
-    stack_.push_back(it->second);
+    if (entry->origin != 0) {
+      push_again(entry->origin);
+    } else {
+      if (Raw::container(entry->value)) shares_ = true;
+      stack_.push_back(*entry);
+    }
   }
 
   // ---- globals ----
@@ -424,11 +556,37 @@ class Reader {
     } else if (module == "_codecs" && name == "encode") {
       g = Global::codecs_encode;
     }
+    if (g == Global::none && manager_ && manager_admits(module, name)) {
+      stack_.push_back(Item{Raw::make_str_unchecked(std::string(module) + "." + std::string(name)), Global::object, 0});
+      return;
+    }
     if (g == Global::none) {
       std::string shown = std::string(module.substr(0, 200)) + "." + std::string(name.substr(0, 200));
       fail("refusing to load global '" + shown + "': only " + kAllowed + " are allowed", at);
     }
-    stack_.push_back(Item{Value(), g});
+    stack_.push_back(Item{Value(), g, 0});
+  }
+
+  // The manager allow-list (PROTOCOLS.md §3.4). Names only: nothing is imported or called.
+  static bool manager_admits(std::string_view module, std::string_view name) {
+    const auto ends = [&](std::string_view suffix) {
+      return name.size() >= suffix.size() && name.substr(name.size() - suffix.size()) == suffix;
+    };
+    if (module == "multiprocessing.managers")
+      return name == "Token" || name == "Namespace" || name == "RebuildProxy" || name == "AutoProxy" || ends("Proxy");
+    if (module == "array") return name == "array";
+    // Exceptions, from builtins or user modules (a '#ERROR' reply may carry __main__.MyError).
+    if (module.empty() || module.size() > 200 || name.empty() || name.size() > 200) return false;
+    return ends("Error") || ends("Exception") || ends("Warning") || ends("Exit") || ends("Interrupt") ||
+           (module == "builtins" && name == "StopIteration");
+  }
+  static bool is_tagged_object(const Value& v) {
+    if (Raw::kind(v) != kTuple) return false;
+    const auto& items = Raw::container(v)->items;
+    return items.size() >= 2 && Raw::kind(items[0]) == kBytes && Raw::text(items[0]) == kObjectTag;
+  }
+  Value tagged(const Value& name, const Value& args, Value state, std::size_t at) {
+    return build(kTuple, {Raw::make_bytes(std::string(kObjectTag)), name, args, std::move(state)}, at);
   }
 
   Value reduce(Global g, const std::vector<Value>& args, std::size_t at) {
@@ -471,11 +629,14 @@ class Reader {
         }
         return Raw::make_bytes(std::move(out));
       }
+      case Global::object: break;  // handled by the caller
       case Global::none: break;
     }
     fail("REDUCE of an unknown global", at);
   }
 
+  bool manager_;  // the manager allow-list is on (load_manager_value)
+  bool shares_ = false;  // a container was pushed a second time (by a memo reference or DUP)
   const unsigned char* data_;
   std::size_t size_;
   std::size_t pos_ = 0;
@@ -489,5 +650,12 @@ class Reader {
 }  // namespace
 
 Value load_value(std::span<const std::byte> data) { return Reader(data).run(); }
+Value load_value(std::span<const std::byte> data, bool& shares) {
+  Reader reader(data);
+  Value v = reader.run();
+  shares = reader.shares();
+  return v;
+}
+Value load_manager_value(std::span<const std::byte> data) { return Reader(data, true).run(); }
 
 }  // namespace mp::pickle::detail

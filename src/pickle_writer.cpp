@@ -15,12 +15,15 @@
 //    and sets (not lists) write one more, empty, batch after an exact multiple of 1000.
 #include "pickle_internal.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 namespace mp::pickle::detail {
 namespace {
@@ -31,31 +34,131 @@ constexpr std::size_t kFrameHeaderSize = 9;
 constexpr std::size_t kBatchSize = 1000;
 constexpr std::size_t kNoFrame = static_cast<std::size_t>(-1);
 
-class Writer {
+// The str dict keys written so far and their memo slots: an open-addressing table (no allocation
+// per key; dicts of records repeat the same few keys thousands of times).
+class KeyMemo {
  public:
-  explicit Writer(int protocol) : protocol_(protocol) {}
-
-  Bytes run(const Value& root) {
-    const std::uint8_t header[2] = {0x80, static_cast<std::uint8_t>(protocol_)};
-    write(header, 2);
-    framing_ = protocol_ >= 4;
-    save(root, 0);
-    write_op(0x2e);  // STOP
-    commit_frame();
-    return std::move(out_);
+  // The slot of `text` if it was written, else nullptr after remembering that it will be written
+  // as `index`.
+  const std::uint32_t* find_or_add(std::string_view text, std::uint32_t index) {
+    if (2 * (count_ + 1) > entries_.size()) grow();
+    const std::size_t h = std::hash<std::string_view>{}(text);
+    const std::size_t mask = entries_.size() - 1;
+    for (std::size_t i = h & mask;; i = (i + 1) & mask) {
+      Entry& e = entries_[i];
+      if (!e.used) {
+        e = Entry{text, h, index, true};
+        ++count_;
+        return nullptr;
+      }
+      if (e.hash == h && e.text == text) return &e.index;
+    }
   }
 
  private:
+  struct Entry {
+    std::string_view text;
+    std::size_t hash = 0;
+    std::uint32_t index = 0;
+    bool used = false;
+  };
+  void grow() {
+    std::vector<Entry> old = std::move(entries_);
+    entries_.assign(old.empty() ? 64 : 2 * old.size(), Entry{});
+    const std::size_t mask = entries_.size() - 1;
+    for (const Entry& e : old) {
+      if (!e.used) continue;
+      std::size_t i = e.hash & mask;
+      while (entries_[i].used) i = (i + 1) & mask;
+      entries_[i] = e;
+    }
+  }
+  std::vector<Entry> entries_;
+  std::size_t count_ = 0;
+};
+
+}  // namespace
+
+class Writer {
+ public:
+  explicit Writer(int protocol) : protocol_(protocol) {
+    if (protocol < 2 || protocol > 5)
+      throw std::invalid_argument("pickle::dumps: protocol " + std::to_string(protocol) +
+                                  " is not supported (2, 3, 4 and 5 are)");
+    const std::uint8_t header[2] = {0x80, static_cast<std::uint8_t>(protocol_)};
+    write(header, 2);
+    framing_ = protocol_ >= 4;
+  }
+
+  Bytes finish() {
+    write_op(0x2e);  // STOP
+    commit_frame();
+    out_.resize(len_);
+    return std::move(out_);
+  }
+
+  // ---- the Pickler's operations: each one what save() does for the matching Value ----
+  void put_value(const Value& v) { save(v, depth_); }
+  void put_none() {
+    opcode_boundary();
+    write_op(0x4e);
+  }
+  void put_bool(bool b) {
+    opcode_boundary();
+    write_op(b ? 0x88 : 0x89);
+  }
+  void put_int(std::int64_t i) {
+    opcode_boundary();
+    save_int(i);
+  }
+  void put_float(double d) {
+    opcode_boundary();
+    save_float(d);
+  }
+  void put_text(Kind k, std::string_view t) {
+    if (k == kStr && !valid_utf8(t)) throw std::invalid_argument("pickle: a str must be valid UTF-8 (without surrogates)");
+    opcode_boundary();
+    save_text(k, t);
+  }
+  void put_key(std::string_view t) {
+    if (!valid_utf8(t)) throw std::invalid_argument("pickle: a str must be valid UTF-8 (without surrogates)");
+    if (t.empty()) return put_text(kStr, t);
+    opcode_boundary();
+    save_key_text(t);
+  }
+  void begin_container(std::uint8_t empty_op) {
+    opcode_boundary();
+    if (depth_ + 1 > kMaxDepth)
+      throw std::invalid_argument("pickle::dumps: a value nested deeper than " + std::to_string(kMaxDepth) + " levels");
+    if (empty_op == 0x7d) dict_started();
+    write_op(empty_op);
+    memoize();
+    ++depth_;
+  }
+  void end_container() { --depth_; }
+  void keep(const Value& v) { kept_.push_back(v); }
+
+  // ---- output (public for the Pickler's batch marks) ----
+  void write_op(std::uint8_t op) { write(&op, 1); }
+
+ private:
   // ---- output and frames ----
+  // out_ grows by doubling and holds len_ bytes of output (one resize at the end, not one
+  // insert per opcode).
   void write(const void* data, std::size_t n) {
     if (framing_ && frame_start_ == kNoFrame) {
-      frame_start_ = out_.size();
-      out_.resize(out_.size() + kFrameHeaderSize);
+      frame_start_ = len_;
+      room(kFrameHeaderSize);
+      len_ += kFrameHeaderSize;
     }
-    const auto* p = static_cast<const std::byte*>(data);
-    out_.insert(out_.end(), p, p + n);
+    room(n);
+    std::memcpy(out_.data() + len_, data, n);
+    len_ += n;
   }
-  void write_op(std::uint8_t op) { write(&op, 1); }
+  void room(std::size_t n) {
+    if (out_.size() - len_ >= n) return;
+    out_.resize(std::max({out_.size() * 2, len_ + n, std::size_t{4096}}));
+  }
   void write_op_u8(std::uint8_t op, std::uint8_t arg) {
     const std::uint8_t b[2] = {op, arg};
     write(b, 2);
@@ -68,23 +171,23 @@ class Writer {
 
   void commit_frame() {
     if (!framing_ || frame_start_ == kNoFrame) return;
-    const std::size_t len = out_.size() - frame_start_ - kFrameHeaderSize;
+    const std::size_t len = len_ - frame_start_ - kFrameHeaderSize;
     if (len >= kFrameSizeMin) {
       out_[frame_start_] = std::byte{0x95};
       for (std::size_t k = 0; k < 8; ++k)
         out_[frame_start_ + 1 + k] = static_cast<std::byte>((static_cast<std::uint64_t>(len) >> (8 * k)) & 0xff);
     } else {
       std::memmove(out_.data() + frame_start_, out_.data() + frame_start_ + kFrameHeaderSize, len);
-      out_.resize(out_.size() - kFrameHeaderSize);
+      len_ -= kFrameHeaderSize;
     }
     frame_start_ = kNoFrame;
   }
   void opcode_boundary() {
-    if (framing_ && frame_start_ != kNoFrame && out_.size() - frame_start_ - kFrameHeaderSize >= kFrameSizeTarget)
+    if (framing_ && frame_start_ != kNoFrame && len_ - frame_start_ - kFrameHeaderSize >= kFrameSizeTarget)
       commit_frame();
   }
   // An opcode with a payload: payloads of 64 KiB or more go outside any frame.
-  void write_payload(const void* header, std::size_t header_size, const std::string& data) {
+  void write_payload(const void* header, std::size_t header_size, std::string_view data) {
     const bool bypass = data.size() >= kFrameSizeTarget;
     const bool framing = framing_;
     if (bypass) {
@@ -116,9 +219,7 @@ class Writer {
     }
   }
   // The objects CPython always shares: '' (slot 0), b'' (slot 1), one-byte bytes (2 + byte).
-  std::optional<std::uint32_t>* singleton(const Value& v) {
-    const Kind k = Raw::kind(v);
-    const std::string& t = Raw::text(v);
+  std::optional<std::uint32_t>* singleton(Kind k, std::string_view t) {
     if (k == kStr && t.empty()) return &singletons_[0];
     if (k == kBytes && t.empty()) return &singletons_[1];
     if (k == kBytes && t.size() == 1) return &singletons_[2 + static_cast<unsigned char>(t[0])];
@@ -134,8 +235,7 @@ class Writer {
     if (shared) {
       if (auto it = memo_.find(c); it != memo_.end()) return get(it->second);
     }
-    std::optional<std::uint32_t>* single = (k == kStr || k == kBytes) ? singleton(v) : nullptr;
-    if (single && *single) return get(**single);
+    if (k == kStr || k == kBytes) return save_text(k, Raw::text(v));
     if (c && depth + 1 > kMaxDepth)
       throw std::invalid_argument("pickle::dumps: a value nested deeper than " + std::to_string(kMaxDepth) + " levels");
 
@@ -144,23 +244,7 @@ class Writer {
       case kBool: write_op(Raw::get_bool(v) ? 0x88 : 0x89); break;
       case kInt: save_int(Raw::get_int(v)); break;
       case kBigInt: save_long(Raw::text(v)); break;
-      case kFloat: {
-        const auto bits = std::bit_cast<std::uint64_t>(Raw::get_float(v));
-        std::uint8_t b[9] = {0x47};
-        for (int i = 0; i < 8; ++i) b[1 + i] = static_cast<std::uint8_t>(bits >> (8 * (7 - i)));
-        write(b, 9);
-        break;
-      }
-      case kStr: {
-        const std::uint32_t index = save_str(Raw::text(v));
-        if (single) *single = index;
-        break;
-      }
-      case kBytes: {
-        const std::uint32_t index = save_bytes(Raw::text(v));
-        if (single) *single = index;
-        break;
-      }
+      case kFloat: save_float(Raw::get_float(v)); break;
       case kTuple: save_tuple(*c, shared, depth); break;
       case kList:
         write_op(0x5d);  // EMPTY_LIST
@@ -172,6 +256,20 @@ class Writer {
       case kFrozenset: save_frozenset(*c, shared, depth); break;
       default: throw std::logic_error("pickle::dumps: a Value of unknown kind");
     }
+  }
+
+  void save_float(double d) {
+    const auto bits = std::bit_cast<std::uint64_t>(d);
+    std::uint8_t b[9] = {0x47};
+    for (int i = 0; i < 8; ++i) b[1 + i] = static_cast<std::uint8_t>(bits >> (8 * (7 - i)));
+    write(b, 9);
+  }
+  // A str or bytes (after opcode_boundary()): a memo reference for the shared singletons.
+  void save_text(Kind k, std::string_view t) {
+    std::optional<std::uint32_t>* single = singleton(k, t);
+    if (single && *single) return get(**single);
+    const std::uint32_t index = k == kStr ? save_str(t) : save_bytes(t);
+    if (single) *single = index;
   }
 
   // Only a container that several Values hold can be met twice (and so needs remembering).
@@ -201,7 +299,7 @@ class Writer {
     write(le.data(), le.size());
   }
 
-  std::uint32_t save_str(const std::string& s) {
+  std::uint32_t save_str(std::string_view s) {
     std::uint8_t header[9];
     std::size_t header_size = 0;
     if (s.size() < 256 && protocol_ >= 4) {
@@ -222,7 +320,7 @@ class Writer {
     return memoize();
   }
 
-  std::uint32_t save_bytes(const std::string& b) {
+  std::uint32_t save_bytes(std::string_view b) {
     if (protocol_ < 3) return save_bytes_protocol2(b);
     std::uint8_t header[9];
     std::size_t header_size = 0;
@@ -246,7 +344,7 @@ class Writer {
 
   // Protocol 2 has no bytes opcode: CPython writes _codecs.encode(str, 'latin1'), or
   // __builtin__.bytes() for b''.
-  std::uint32_t save_bytes_protocol2(const std::string& b) {
+  std::uint32_t save_bytes_protocol2(std::string_view b) {
     if (b.empty()) {
       save_global(builtin_bytes_, "__builtin__\nbytes\n");
       write_op(0x29);  // EMPTY_TUPLE
@@ -312,6 +410,7 @@ class Writer {
   }
 
   void save_dict(const Container& c, bool shared, std::size_t depth) {
+    dict_started();
     write_op(0x7d);  // EMPTY_DICT
     memoize_container(c, shared);
     const auto& items = c.items;
@@ -340,9 +439,25 @@ class Writer {
   void save_key(const Value& key, std::size_t depth) {
     if (Raw::kind(key) != kStr || Raw::text(key).empty()) return save(key, depth);
     opcode_boundary();
-    const std::string& text = Raw::text(key);
-    if (auto it = keys_.find(text); it != keys_.end()) return get(it->second);
-    keys_.emplace(text, save_str(text));
+    save_key_text(Raw::text(key));
+  }
+  void save_key_text(std::string_view text) {
+    // While only one dict has been started its keys are all different (a dict's keys are): they
+    // are only listed, and hashed when a second dict starts (a pickle of one big dict never is).
+    if (!keys_indexed_) {
+      first_keys_.emplace_back(text, memo_count_);
+      save_str(text);
+      return;
+    }
+    // (the memo index the str is about to get; save_str allocates it)
+    if (const std::uint32_t* slot = keys_.find_or_add(text, memo_count_)) return get(*slot);
+    save_str(text);
+  }
+  void dict_started() {
+    if (keys_indexed_ || ++dicts_ < 2) return;
+    for (const auto& [text, index] : first_keys_) (void)keys_.find_or_add(text, index);
+    first_keys_ = {};
+    keys_indexed_ = true;
   }
 
   void save_set(const Container& c, bool shared, std::size_t depth) {
@@ -382,23 +497,76 @@ class Writer {
   }
 
   int protocol_;
+  std::size_t depth_ = 0;  // the Pickler's nesting
   Bytes out_;
+  std::size_t len_ = 0;
   bool framing_ = false;
   std::size_t frame_start_ = kNoFrame;
   std::uint32_t memo_count_ = 0;
   std::unordered_map<const Container*, std::uint32_t> memo_;  // shared containers written: their slots
   std::optional<std::uint32_t> singletons_[2 + 256];
-  std::unordered_map<std::string_view, std::uint32_t> keys_;  // str dict keys written: their slots
+  KeyMemo keys_;  // str dict keys written: their slots
+  std::vector<std::pair<std::string_view, std::uint32_t>> first_keys_;  // the first dict's, until a second one
+  std::size_t dicts_ = 0;
+  bool keys_indexed_ = false;
+  std::vector<Value> kept_;  // the Pickler's temporaries written (after they are written: a copy
+                             // made before would make their containers look shared)
   std::optional<std::uint32_t> builtin_bytes_, codecs_encode_, latin1_, builtin_set_, builtin_frozenset_;
 };
 
-}  // namespace
-
 Bytes dump_value(const Value& value, int protocol) {
-  if (protocol < 2 || protocol > 5)
-    throw std::invalid_argument("pickle::dumps: protocol " + std::to_string(protocol) +
-                                " is not supported (2, 3, 4 and 5 are)");
-  return Writer(protocol).run(value);
+  Writer w(protocol);
+  w.put_value(value);
+  return w.finish();
 }
+
+// ---- Pickler ----
+
+Pickler::Pickler(int protocol) : w_(std::make_unique<Writer>(protocol)) {}
+Pickler::~Pickler() = default;
+void Pickler::value(const Value& v) {
+  w_->put_value(v);
+  // v may be a temporary (a C++ value without a direct write, converted): the memo and the key
+  // memo now refer to its containers and strings, which must outlive the pickling.
+  if (Raw::container(v)) w_->keep(v);
+}
+void Pickler::none() { w_->put_none(); }
+void Pickler::boolean(bool b) { w_->put_bool(b); }
+void Pickler::integer(std::int64_t i) { w_->put_int(i); }
+void Pickler::floating(double d) { w_->put_float(d); }
+void Pickler::str(std::string_view utf8) { w_->put_text(kStr, utf8); }
+void Pickler::bytes(std::span<const std::byte> b) {
+  w_->put_text(kBytes, std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
+}
+void Pickler::dict_key(std::string_view utf8) { w_->put_key(utf8); }
+Pickler::Batch Pickler::begin_list(std::size_t items) {
+  w_->begin_container(0x5d);  // EMPTY_LIST
+  return Batch{items, 0, false};
+}
+Pickler::Batch Pickler::begin_dict(std::size_t pairs) {
+  w_->begin_container(0x7d);  // EMPTY_DICT
+  return Batch{pairs, 0, true};
+}
+// Batches as Writer::save_list_items and save_dict write them.
+void Pickler::item_start(Batch& b) {
+  if (b.total >= 2 && b.done % kBatchSize == 0) w_->write_op(0x28);  // MARK
+}
+void Pickler::item_end(Batch& b) {
+  ++b.done;
+  if (b.total == 1) {
+    w_->write_op(b.dict ? 0x73 : 0x61);  // SETITEM, APPEND
+  } else if (b.done % kBatchSize == 0 || b.done == b.total) {
+    w_->write_op(b.dict ? 0x75 : 0x65);  // SETITEMS, APPENDS
+  }
+}
+void Pickler::end(const Batch& b) {
+  if (b.done != b.total) throw std::logic_error("pickle::dumps: a container changed size while it was written");
+  if (b.dict && b.total >= 2 && b.total % kBatchSize == 0) {  // the empty batch after an exact multiple
+    w_->write_op(0x28);
+    w_->write_op(0x75);
+  }
+  w_->end_container();
+}
+Bytes Pickler::finish() { return w_->finish(); }
 
 }  // namespace mp::pickle::detail

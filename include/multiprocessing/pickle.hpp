@@ -169,9 +169,51 @@ template <class T = Value>
 T loads(std::span<const std::byte> data);
 
 namespace detail {
+class Writer;  // src/pickle_writer.cpp
+/// dumps<T>'s pickler for C++ values written as they are, without building a Value first (see
+/// Convert<T>::write); the bytes are exactly those of dumps(Value(obj)). Each call writes one
+/// value; a container is begin_list/begin_dict, then item_start, its item(s), item_end per item
+/// (a dict's item is its key and its value), then end.
+class Pickler {
+ public:
+  struct Batch {
+    std::size_t total;
+    std::size_t done;
+    bool dict;
+  };
+  /// std::invalid_argument for a protocol other than 2-5.
+  explicit Pickler(int protocol);
+  ~Pickler();
+  Pickler(const Pickler&) = delete;
+  Pickler& operator=(const Pickler&) = delete;
+
+  void value(const Value& v);
+  void none();
+  void boolean(bool b);
+  void integer(std::int64_t i);
+  void floating(double d);
+  /// std::invalid_argument when utf8 is not valid UTF-8.
+  void str(std::string_view utf8);
+  void bytes(std::span<const std::byte> b);
+  /// A str dict key (written once, then as a memo reference, as for Values).
+  void dict_key(std::string_view utf8);
+  Batch begin_list(std::size_t items);
+  Batch begin_dict(std::size_t pairs);
+  void item_start(Batch& b);
+  void item_end(Batch& b);
+  void end(const Batch& b);
+  Bytes finish();
+
+ private:
+  std::unique_ptr<Writer> w_;
+};
+
 /// The type-erased core (src/pickle.cpp).
 Bytes dump_value(const Value& value, int protocol);
 Value load_value(std::span<const std::byte> data);
+/// Also tells whether the result shares a container in several places (a memo reference or DUP
+/// pushed one again); only then can copying it out into C++ containers cost more than its size.
+Value load_value(std::span<const std::byte> data, bool& shares);
 /// std::invalid_argument when converting v to plain C++ containers would copy more than `budget`
 /// elements in all (a memo can make a short pickle refer to one object many times).
 void check_expansion(const Value& v, std::size_t budget);

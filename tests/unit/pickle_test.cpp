@@ -254,6 +254,41 @@ TEST(PickleRoundTrip, handles_batches_of_1000_and_frames_over_64_kib) {
   }
 }
 
+// dumps<T> writes vectors, maps and scalars without building a Value; its bytes must be those of
+// dumps(Value(obj)) whatever the sizes (batches, frames), nesting and protocol.
+TEST(PickleDumps, writes_cpp_containers_directly_with_the_bytes_of_their_value) {
+  for (std::size_t n : {0u, 1u, 2u, 7u, 8u, 999u, 1000u, 1001u, 2000u, 9000u}) {
+    std::map<std::string, long> by_name;
+    std::unordered_map<long long, double> by_number;
+    std::vector<std::string> names;
+    std::vector<std::map<std::string, std::vector<unsigned long>>> records;
+    for (std::size_t i = 0; i < n; ++i) {
+      by_name["key" + std::to_string(i)] = static_cast<long>(i) * 77 - 5000;
+      by_number[static_cast<long long>(i) << 40] = static_cast<double>(i) / 3;
+      names.push_back(i % 3 == 0 ? std::string() : std::string(i % 300, 'x'));
+      records.push_back({{"id", {i, ~0ul}}, {"", {}}, {"name" + std::to_string(i % 5), {i}}});
+    }
+    std::map<std::string, std::optional<std::map<std::string, int>>> nested;  // converted through Values
+    for (std::size_t i = 0; i < n % 50; ++i)
+      nested["k" + std::to_string(i)] = std::map<std::string, int>{{"inner" + std::to_string(i % 4), 1}, {"k1", 2}};
+    const std::vector<bool> flags(n, true);
+    const std::vector<Bytes> blobs(n % 7, Bytes(n % 3, std::byte{7}));
+    for (int protocol = 2; protocol <= 5; ++protocol) {
+      SCOPED_TRACE("n=" + std::to_string(n) + " protocol=" + std::to_string(protocol));
+      EXPECT_EQ(pickle::dumps(by_name, protocol), pickle::dumps(Value(by_name), protocol));
+      EXPECT_EQ(pickle::dumps(by_number, protocol), pickle::dumps(Value(by_number), protocol));
+      EXPECT_EQ(pickle::dumps(names, protocol), pickle::dumps(Value(names), protocol));
+      EXPECT_EQ(pickle::dumps(records, protocol), pickle::dumps(Value(records), protocol));
+      EXPECT_EQ(pickle::dumps(nested, protocol), pickle::dumps(Value(nested), protocol));
+      EXPECT_EQ(pickle::dumps(flags, protocol), pickle::dumps(Value(flags), protocol));
+      EXPECT_EQ(pickle::dumps(blobs, protocol), pickle::dumps(Value(blobs), protocol));
+    }
+  }
+  EXPECT_THROW(pickle::dumps(std::vector<std::string>{"ok", "\xff"}), std::invalid_argument);
+  EXPECT_THROW(pickle::dumps(std::map<std::string, int>{{"\xc0\x80", 1}}), std::invalid_argument);
+  EXPECT_THROW(pickle::dumps(std::vector<int>{1}, 6), std::invalid_argument);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Value
 

@@ -28,9 +28,11 @@ namespace mp::pickle::detail {
 /// modified). dict items are stored as key, value, key, value, ...
 struct Container {
   std::vector<Value> items;
-  /// hash -> position (of the key for a dict), built once a dict or set grows past a few items, so
-  /// that set_item and the reader's duplicate checks stay O(1).
-  std::unordered_multimap<std::size_t, std::size_t> index;
+  /// An open-addressing hash table over items, built once a dict or set grows past a few items, so
+  /// that set_item and the reader's duplicate checks stay O(1) without an allocation per entry.
+  /// Each slot is (upper 32 bits of the hash) << 32 | (position of the item (a dict's key) + 1);
+  /// 0 is empty. The size is a power of two, at most half full.
+  std::vector<std::uint64_t> index;
   /// Nesting depth: 1 for a container holding no containers.
   std::size_t depth = 1;
   /// Reader only: the container was placed inside another one, and may no longer change (a
@@ -83,6 +85,16 @@ struct Convert {
   static constexpr bool kLoadable = false;
 };
 
+/// Writes x with the Pickler: directly when Convert<T> has a write(), else through its Value.
+template <class T>
+void write_any(Pickler& p, const T& x) {
+  if constexpr (requires { Convert<T>::write(p, x); }) {
+    Convert<T>::write(p, x);
+  } else {
+    p.value(Convert<T>::to(x));
+  }
+}
+
 template <>
 struct Convert<Value> {
   static constexpr bool kSupported = true, kLoadable = true;
@@ -114,6 +126,7 @@ template <>
 struct Convert<bool, void> {
   static constexpr bool kSupported = true, kLoadable = true;
   static Value to(bool b) { return ValueAccess::boolean(b); }
+  static void write(Pickler& p, bool b) { p.boolean(b); }
   static bool holds(const Value& v) { return ValueAccess::is_bool(v); }
   static bool from(const Value& v) { return ValueAccess::get_bool(v); }
 };
@@ -128,6 +141,15 @@ struct Convert<T, void> {
       return ValueAccess::integer(static_cast<std::int64_t>(i));
     } else {
       return ValueAccess::unsigned_integer(static_cast<std::uint64_t>(i));
+    }
+  }
+  static void write(Pickler& p, T i) {
+    if constexpr (std::is_signed_v<T> || sizeof(T) < sizeof(std::int64_t)) {
+      p.integer(static_cast<std::int64_t>(i));
+    } else if (i <= static_cast<std::uint64_t>(INT64_MAX)) {
+      p.integer(static_cast<std::int64_t>(i));
+    } else {
+      p.value(to(i));
     }
   }
   static bool holds(const Value& v) {
@@ -158,6 +180,7 @@ template <class T>
 struct Convert<T, void> {
   static constexpr bool kSupported = true, kLoadable = true;
   static Value to(T d) { return ValueAccess::floating(static_cast<double>(d)); }
+  static void write(Pickler& p, T d) { p.floating(static_cast<double>(d)); }
   static bool holds(const Value& v) { return ValueAccess::is_float(v); }
   static T from(const Value& v) { return static_cast<T>(ValueAccess::get_double(v)); }
 };
@@ -167,6 +190,7 @@ template <>
 struct Convert<std::string, void> {
   static constexpr bool kSupported = true, kLoadable = true;
   static Value to(const std::string& s) { return ValueAccess::str(s); }
+  static void write(Pickler& p, const std::string& s) { p.str(s); }
   static bool holds(const Value& v) { return ValueAccess::is_str(v); }
   static std::string from(const Value& v) { return ValueAccess::get_str(v); }
 };
@@ -174,6 +198,7 @@ template <>
 struct Convert<std::string_view, void> {  // write only: a view could not own what it reads
   static constexpr bool kSupported = true, kLoadable = false;
   static Value to(std::string_view s) { return ValueAccess::str(std::string(s)); }
+  static void write(Pickler& p, std::string_view s) { p.str(s); }
   static bool holds(const Value& v) { return ValueAccess::is_str(v); }
 };
 template <>
@@ -199,6 +224,7 @@ template <>
 struct Convert<Bytes, void> {
   static constexpr bool kSupported = true, kLoadable = true;
   static Value to(const Bytes& b) { return ValueAccess::bytes(b); }
+  static void write(Pickler& p, const Bytes& b) { p.bytes(b); }
   static bool holds(const Value& v) { return ValueAccess::is_bytes(v); }
   static Bytes from(const Value& v) { return ValueAccess::get_bytes(v); }
 };
@@ -219,6 +245,15 @@ struct Convert<std::vector<U, A>, void> {
     items.reserve(v.size());
     for (const auto& x : v) items.push_back(Convert<U>::to(x));
     return Value::list(std::move(items));
+  }
+  static void write(Pickler& p, const T& v) {
+    auto batch = p.begin_list(v.size());
+    for (const auto& x : v) {
+      p.item_start(batch);
+      write_any<U>(p, x);
+      p.item_end(batch);
+    }
+    p.end(batch);
   }
   static bool holds(const Value& v) {
     if (!ValueAccess::is_list(v)) return false;
@@ -326,6 +361,24 @@ struct MapConvert {
     for (const auto& [k, v] : m) items.emplace_back(Convert<K>::to(k), Convert<V>::to(v));
     return Value::dict(std::move(items));
   }
+  // Written directly only when distinct C++ keys are distinct Python keys (str and integers), so
+  // that no duplicates need merging as Value::dict merges them.
+  static void write(Pickler& p, const M& m)
+    requires(std::is_same_v<K, std::string> || (std::is_integral_v<K> && !is_char_v<K>))
+  {
+    auto batch = p.begin_dict(m.size());
+    for (const auto& [k, v] : m) {
+      p.item_start(batch);
+      if constexpr (std::is_same_v<K, std::string>) {
+        p.dict_key(k);
+      } else {
+        write_any<K>(p, k);
+      }
+      write_any<V>(p, v);
+      p.item_end(batch);
+    }
+    p.end(batch);
+  }
   static bool holds(const Value& v) {
     if (!ValueAccess::is_dict(v)) return false;
     const auto& kv = ValueAccess::items(v);
@@ -337,8 +390,13 @@ struct MapConvert {
     if (!ValueAccess::is_dict(v)) ValueAccess::mismatch(v, "dict");
     const auto& kv = ValueAccess::items(v);
     M out;
-    for (std::size_t i = 0; i + 1 < kv.size(); i += 2)
-      out.insert_or_assign(Convert<K>::from(kv[i]), Convert<V>::from(kv[i + 1]));
+    if constexpr (requires { out.reserve(std::size_t{}); }) out.reserve(kv.size() / 2);
+    for (std::size_t i = 0; i + 1 < kv.size(); i += 2) {
+      // A dict sent from a sorted map arrives in order: a hint at the end makes each insert O(1).
+      const std::size_t before = out.size();
+      auto it = out.emplace_hint(out.end(), Convert<K>::from(kv[i]), Convert<V>::from(kv[i + 1]));
+      if (out.size() == before) it->second = Convert<V>::from(kv[i + 1]);  // as d[k] = v: the last one wins
+    }
     return out;
   }
 };
@@ -419,6 +477,10 @@ Bytes dumps(const T& obj, int protocol) {
   static_assert(detail::is_picklable_v<T>, "pickle::dumps<T>: T does not map to a pickle type");
   if constexpr (std::is_same_v<T, Value>) {
     return detail::dump_value(obj, protocol);
+  } else if constexpr (requires(detail::Pickler& p) { detail::Convert<T>::write(p, obj); }) {
+    detail::Pickler p(protocol);
+    detail::Convert<T>::write(p, obj);
+    return p.finish();
   } else {
     return detail::dump_value(detail::Convert<T>::to(obj), protocol);
   }
@@ -427,13 +489,14 @@ Bytes dumps(const T& obj, int protocol) {
 template <class T>
 T loads(std::span<const std::byte> data) {
   static_assert(detail::Convert<T>::kLoadable, "pickle::loads<T>: T cannot be read from a pickle");
-  Value v = detail::load_value(data);
   if constexpr (std::is_same_v<T, Value>) {
-    return v;
+    return detail::load_value(data);
   } else {
     // A memo lets a short pickle refer to one object many times; copying it out into plain
     // containers may not grow beyond what is reasonable for the input.
-    detail::check_expansion(v, (std::size_t{1} << 20) + 64 * data.size());
+    bool shares = false;
+    Value v = detail::load_value(data, shares);
+    if (shares) detail::check_expansion(v, (std::size_t{1} << 20) + 64 * data.size());
     try {
       return detail::Convert<T>::from(v);
     } catch (const std::out_of_range& e) {

@@ -1,0 +1,49 @@
+// The untyped core behind Queue<T>, SimpleQueue<T> and JoinableQueue<T> (src/queues.cpp): a ring
+// of encoded items in shared memory. The typed front ends in queues.hpp encode and decode with
+// the native codec; everything that touches shared memory or the kernel lives in the library.
+#pragma once
+
+#include <multiprocessing/base.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+namespace mp::detail {
+
+class QueueCore;
+
+/// A new queue (std::system_error when the system refuses). maxsize 0: unbounded.
+std::shared_ptr<QueueCore> queue_create(std::size_t maxsize);
+/// A queue received from another process: the three indexes its save() wrote.
+/// std::invalid_argument when they do not name a queue.
+std::shared_ptr<QueueCore> queue_import(std::int32_t block, std::int32_t send_end, std::int32_t recv_end);
+/// Registers the queue's fds with the current FdExport; writes their indexes to out.
+void queue_export(const QueueCore& core, std::int32_t (&out)[3]);
+
+/// The calling thread's reusable encoding buffer for put() (cleared by dump_into).
+Bytes& queue_put_buffer() noexcept;
+/// Releases the buffer's memory when a large item has grown it.
+void queue_trim_buffers() noexcept;
+
+/// Puts one encoded item. block = false or a passed timeout: false when there was no room.
+/// std::logic_error after close() in this process.
+bool queue_put(QueueCore& core, std::span<const std::byte> item, bool block, Timeout timeout);
+/// Takes one item; view points at its bytes until the next get by this thread, or (for a large
+/// item) while keep holds its mapping. false when none came in time.
+bool queue_get(QueueCore& core, bool block, Timeout timeout, std::span<const std::byte>& view,
+               std::shared_ptr<void>& keep);
+
+std::size_t queue_qsize(const QueueCore& core) noexcept;
+bool queue_full(const QueueCore& core) noexcept;
+void queue_close(QueueCore& core) noexcept;
+bool queue_closed(const QueueCore& core) noexcept;
+void queue_task_done(QueueCore& core);
+void queue_join(QueueCore& core);
+
+[[noreturn]] void queue_throw_empty_handle();
+[[noreturn]] void queue_throw_full();
+[[noreturn]] void queue_throw_empty();
+
+}  // namespace mp::detail

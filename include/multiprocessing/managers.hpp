@@ -1,0 +1,368 @@
+// Managers and proxies (Python: multiprocessing.managers), speaking CPython's manager protocol
+// (PROTOCOLS.md §4) over pickle, so a CPython client can use a C++ manager and a C++ client can use
+// a CPython manager.
+//
+//   mp::BaseManager m(mp::connection::Address("127.0.0.1", 0), mp::bytes("key"));
+//   m.register_type<Counter>("Counter").method("add", &Counter::add).method("get", &Counter::get);
+//   m.get_server().serve_forever();          // or m.start(): the server in a forked child
+//
+//   mp::BaseManager c(address, mp::bytes("key"));   // a client, of a C++ or a CPython manager
+//   c.connect();
+//   mp::BaseProxy counter = c.create("Counter");   // Python: c.Counter()
+//   counter.callmethod<void>("add", 5);             // Python: counter.add(5) / _callmethod('add', (5,))
+//   int n = counter.callmethod<int>("get");
+//
+// C++ has no run-time attribute lookup, so the typeid is named in create() rather than being a
+// method of the manager, and methods are registered explicitly (.method(name, &T::fn)): the
+// registered names are the type's `exposed` list, and anything else is refused as CPython refuses
+// a name outside `exposed`. Arguments and results go through mp::pickle::Value, so every type
+// pickle.hpp converts can cross.
+//
+// Errors: an exception raised by a method in the manager arrives as std::out_of_range when it is a
+// KeyError or IndexError (the manager maps std::out_of_range to KeyError), as mp::AttributeError
+// for an AttributeError (a Namespace's missing attribute), otherwise as RemoteError whose type_name() is the Python type ("ValueError") and what() "ValueError: msg".
+// A failure of the manager itself ('#TRACEBACK': unknown object, name not exposed, bad request)
+// is RemoteError with type_name() "RemoteError" and traceback() the server's text. A manager that
+// is gone is EOFError or std::system_error (ECONNREFUSED/ECONNRESET), never a hang.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <multiprocessing/base.hpp>
+#include <multiprocessing/connection.hpp>
+#include <multiprocessing/pickle.hpp>
+
+namespace mp {
+
+/// Identifies a shared object in a manager (Python: multiprocessing.managers.Token).
+struct Token {
+  std::string type_id;            // Python's typeid
+  connection::Address address;    // the manager's address
+  std::string id;                 // the object's id in the manager (opaque)
+  friend bool operator==(const Token&, const Token&) = default;
+};
+
+/// A reference to an object living in a manager (Python: BaseProxy). A handle: copies share one
+/// reference; the manager is told (decref) when the last copy goes, as CPython's proxies do.
+/// Each call is a round trip on the proxy's own connection to the manager (opened on first use);
+/// calls from several threads on one proxy are serialized.
+class BaseProxy {
+ public:
+  /// An empty proxy: every call throws std::logic_error.
+  BaseProxy() = default;
+  /// Adopts one reference the manager already counts for token (as a 'create' reply gives).
+  BaseProxy(Token token, Bytes authkey, std::vector<std::string> exposed);
+
+  /// Python's _callmethod(name, args): calls the method in the manager and converts its result to
+  /// R (void: ignored; pickle::Value: as it came; BaseProxy: a '#PROXY' result). Throws as
+  /// described at the top of this header; std::invalid_argument when the result is not an R.
+  template <class R = pickle::Value, class... A>
+  R callmethod(std::string_view name, const A&... args) {
+    pickle::Value result = call(name, pickle::Value::tuple({pickle::Value(args)...}));
+    if constexpr (std::is_void_v<R>) {
+      return;
+    } else if constexpr (std::is_same_v<R, pickle::Value>) {
+      return result;
+    } else if constexpr (std::is_same_v<R, BaseProxy>) {
+      return proxy_from(result);
+    } else {
+      return result.as<R>();
+    }
+  }
+  /// Python's _getvalue(): a copy of the whole referent.
+  template <class T = pickle::Value>
+  T getvalue() {
+    pickle::Value v = call("#GETVALUE", pickle::Value::tuple());
+    if constexpr (std::is_same_v<T, pickle::Value>) {
+      return v;
+    } else {
+      return v.as<T>();
+    }
+  }
+  std::string repr();  // the referent's __repr__ in the manager
+  std::string str();   // its __str__
+
+  const Token& token() const;                     // std::logic_error when empty
+  const std::vector<std::string>& exposed() const;  // the names the manager exposes
+  explicit operator bool() const noexcept { return impl_ != nullptr; }
+
+  /// The type-erased call: args is a tuple. Internal for callmethod(), usable directly.
+  pickle::Value call(std::string_view name, const pickle::Value& args);
+
+  /// The codec's hooks: a proxy crosses to a spawn/forkserver child as a Process argument (its
+  /// token, exposed names and the authkey, as CPython includes it while spawning). A child, also
+  /// a forked one that inherits a proxy, *borrows* the parent's reference (unlike CPython, whose
+  /// child increfs): the parent must keep its proxy until the children are done with it; a child
+  /// never decrefs, and opens a connection of its own on first use.
+  template <class Archive>
+  void save(Archive& ar) const {
+    const Token& t = token();
+    ar(t.type_id, t.address, t.id, impl_authkey(), exposed());
+  }
+  template <class Archive>
+  void load(Archive& ar) {
+    Token t;
+    Bytes key;
+    std::vector<std::string> names;
+    ar(t.type_id, t.address, t.id, key, names);
+    *this = BaseProxy(std::move(t), std::move(key), std::move(names));
+    adopt_in_this_process();
+  }
+
+ private:
+  BaseProxy proxy_from(const pickle::Value& proxy_reply) const;
+  const Bytes& impl_authkey() const;
+  void adopt_in_this_process();  // marks the reference as borrowed (loaded in a child)
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+/// A missing attribute of a manager's Namespace (Python's AttributeError), on both sides.
+class AttributeError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+namespace detail::managers {
+/// A registered method: calls it on the object (self) with a tuple of arguments.
+using Method = std::function<pickle::Value(void* self, const pickle::Value& args)>;
+struct TypeInfo {
+  std::string type_id;
+  std::function<std::shared_ptr<void>(const pickle::Value& args)> factory;
+  std::map<std::string, Method, std::less<>> methods;
+  std::function<pickle::Value(void* self)> getvalue;  // null: '#GETVALUE' is '#UNSERIALIZABLE'
+};
+/// What SyncManager's dict raises for a missing key: Python's KeyError carrying the key itself.
+struct KeyError : std::out_of_range {
+  explicit KeyError(pickle::Value k) : std::out_of_range("KeyError: " + k.repr()), key(std::move(k)) {}
+  pickle::Value key;
+};
+/// Python's IndexError (list index out of range).
+struct IndexError : std::out_of_range {
+  using std::out_of_range::out_of_range;
+};
+std::vector<std::shared_ptr<TypeInfo>> sync_types();  // dict, list, Namespace, Value (src/managers.cpp)
+/// Raised for a call with the wrong number of arguments: becomes Python's TypeError.
+struct ArgumentCountError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+template <class T, class Fn, class... A, std::size_t... I>
+pickle::Value invoke(T& self, Fn fn, const pickle::Value& args, std::index_sequence<I...>) {
+  using R = decltype((self.*fn)(std::declval<std::decay_t<A>>()...));
+  if constexpr (std::is_void_v<R>) {
+    (self.*fn)(args[I].template as<std::decay_t<A>>()...);
+    return pickle::Value();
+  } else {
+    return pickle::Value((self.*fn)(args[I].template as<std::decay_t<A>>()...));
+  }
+}
+template <class T, class Fn, class... A>
+Method wrap(Fn fn) {
+  return [fn](void* self, const pickle::Value& args) -> pickle::Value {
+    if (args.size() != sizeof...(A))
+      throw ArgumentCountError("takes " + std::to_string(sizeof...(A)) + " positional arguments but " +
+                               std::to_string(args.size()) + " were given");
+    return invoke<T, Fn, A...>(*static_cast<T*>(self), fn, args, std::index_sequence_for<A...>{});
+  };
+}
+}  // namespace detail::managers
+
+/// What register_type() returns: adds the type's methods (its `exposed` list).
+template <class T>
+class TypeRegistration {
+ public:
+  explicit TypeRegistration(std::shared_ptr<detail::managers::TypeInfo> info) : info_(std::move(info)) {}
+  template <class R, class... A>
+  TypeRegistration& method(std::string name, R (T::*fn)(A...)) {
+    info_->methods[std::move(name)] = detail::managers::wrap<T, R (T::*)(A...), A...>(fn);
+    return *this;
+  }
+  template <class R, class... A>
+  TypeRegistration& method(std::string name, R (T::*fn)(A...) const) {
+    info_->methods[std::move(name)] = detail::managers::wrap<T, R (T::*)(A...) const, A...>(fn);
+    return *this;
+  }
+
+ private:
+  std::shared_ptr<detail::managers::TypeInfo> info_;
+};
+
+/// The server half of a manager (Python: multiprocessing.managers.Server).
+class Server {
+ public:
+  Server() = default;
+  /// Accepts connections and serves their requests (one thread per method-call channel) until a
+  /// client sends 'shutdown'. A bad request, a wrong authkey or a client dying mid-call only ends
+  /// that client's connection. std::logic_error on an empty Server.
+  void serve_forever();
+  /// The address the server listens on (its real port when given port 0).
+  connection::Address address() const;
+
+  struct Impl;  // internal (src/managers.cpp)
+  explicit Server(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+/// A manager (Python: multiprocessing.managers.BaseManager). Server side: register_type(), then
+/// get_server().serve_forever() or start(). Client side: connect(), then create(). A handle: copies
+/// share one manager. As Python's `with manager:`, the manager a start() began is shut down when
+/// the last copy goes (RAII).
+class BaseManager {
+ public:
+  /// No address: a fresh AF_UNIX one (made by the server). No authkey: the current process's
+  /// authkey (current_process().authkey()).
+  explicit BaseManager(std::optional<connection::Address> address = std::nullopt,
+                       std::optional<Bytes> authkey = std::nullopt);
+  virtual ~BaseManager();
+  BaseManager(const BaseManager&) = default;
+  BaseManager& operator=(const BaseManager&) = default;
+  BaseManager(BaseManager&&) noexcept = default;
+  BaseManager& operator=(BaseManager&&) noexcept = default;
+
+  /// Python's BaseManager.register(typeid, callable): objects of type T, default-constructed in
+  /// the manager by 'create' (with arguments: T(args...) is not supported; use a method). Names
+  /// its methods with .method(). Must come before get_server()/start().
+  template <class T>
+  TypeRegistration<T> register_type(std::string type_id) {
+    auto info = std::make_shared<detail::managers::TypeInfo>();
+    info->type_id = type_id;
+    info->factory = [](const pickle::Value& args) -> std::shared_ptr<void> {
+      if (args.size() != 0) throw detail::managers::ArgumentCountError("the constructor takes no arguments");
+      return std::make_shared<T>();
+    };
+    if constexpr (pickle::detail::is_picklable_v<T>)
+      info->getvalue = [](void* self) { return pickle::Value(*static_cast<T*>(self)); };
+    add_type(info);
+    return TypeRegistration<T>(std::move(info));
+  }
+
+  /// A server for this manager's registered types, bound to its address (Python: get_server()).
+  Server get_server();
+  /// Starts the server in a child process (forked) and connects to it. std::logic_error when
+  /// already started or connected.
+  void start();
+  /// Connects to a running manager (ours or CPython's) with a 'dummy' request. Throws
+  /// AuthenticationError for a wrong key, std::system_error when nothing listens.
+  void connect();
+  /// Stops a manager this object start()ed (sends 'shutdown' and reaps the child); otherwise sends
+  /// 'shutdown' to the connected manager. A second call does nothing.
+  void shutdown();
+  /// The manager's address (the server's real one after start()/get_server()).
+  connection::Address address() const;
+  const Bytes& authkey() const;
+
+  /// Python's manager.<typeid>(*args): creates an object of the registered typeid in the manager
+  /// and returns a proxy holding the one reference. RemoteError for an unknown typeid.
+  template <class... A>
+  BaseProxy create(std::string_view type_id, const A&... args) {
+    return create_value(type_id, pickle::Value::tuple({pickle::Value(args)...}));
+  }
+  BaseProxy create_value(std::string_view type_id, const pickle::Value& args);
+
+  /// Control requests (PROTOCOLS.md §4.2) sent to the connected manager.
+  std::int64_t number_of_objects();
+  std::string debug_info();
+
+  struct Impl;
+
+ protected:
+  void add_type(std::shared_ptr<detail::managers::TypeInfo> info);
+  std::shared_ptr<Impl> impl_;
+};
+
+/// A typed proxy of a manager's dict (Python: DictProxy): every call is a round trip.
+template <class K, class V>
+class DictProxy : public BaseProxy {
+ public:
+  DictProxy() = default;
+  explicit DictProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+  /// d[key]; std::out_of_range when absent (KeyError).
+  V get(const K& key) { return callmethod<V>("__getitem__", key); }
+  /// d.get(key, default).
+  V get(const K& key, const V& fallback) { return callmethod<V>("get", key, fallback); }
+  void set(const K& key, const V& value) { callmethod<void>("__setitem__", key, value); }
+  /// del d[key]; std::out_of_range when absent.
+  void erase(const K& key) { callmethod<void>("__delitem__", key); }
+  bool contains(const K& key) { return callmethod<bool>("__contains__", key); }
+  std::size_t size() { return callmethod<std::size_t>("__len__"); }
+  std::vector<K> keys() { return callmethod<std::vector<K>>("keys"); }
+  void clear() { callmethod<void>("clear"); }
+  /// d._getvalue() as a std::map.
+  std::map<K, V> copy() { return getvalue<std::map<K, V>>(); }
+};
+
+/// A typed proxy of a manager's list (Python: ListProxy).
+template <class T>
+class ListProxy : public BaseProxy {
+ public:
+  ListProxy() = default;
+  explicit ListProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+  void append(const T& item) { callmethod<void>("append", item); }
+  /// l[index] (negative counts from the end); std::out_of_range past the end (IndexError).
+  T get(std::int64_t index) { return callmethod<T>("__getitem__", index); }
+  void set(std::int64_t index, const T& item) { callmethod<void>("__setitem__", index, item); }
+  T pop() { return callmethod<T>("pop"); }
+  std::size_t size() { return callmethod<std::size_t>("__len__"); }
+  std::vector<T> copy() { return getvalue<std::vector<T>>(); }
+};
+
+/// A proxy of a manager's Namespace (Python: NamespaceProxy): attributes by name.
+class NamespaceProxy : public BaseProxy {
+ public:
+  NamespaceProxy() = default;
+  explicit NamespaceProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+  /// ns.name; AttributeError when it has none.
+  template <class T = pickle::Value>
+  T get(const std::string& name) { return callmethod<T>("__getattribute__", name); }
+  template <class T>
+  void set(const std::string& name, const T& value) { callmethod<void>("__setattr__", name, value); }
+  void erase(const std::string& name) { callmethod<void>("__delattr__", name); }
+};
+
+/// A proxy of a manager's Value (Python: ValueProxy): get()/set().
+template <class T>
+class ValueProxy : public BaseProxy {
+ public:
+  ValueProxy() = default;
+  explicit ValueProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+  T get() { return callmethod<T>("get"); }
+  void set(const T& v) { callmethod<void>("set", v); }
+};
+
+/// CPython's SyncManager, with the plain-data typeids a C++ manager serves: dict, list,
+/// Namespace and Value (same names, methods and exposed lists as CPython's, so a Python client's
+/// m.dict() works on it). As a client it also reaches a CPython SyncManager's typeids with
+/// create("Queue") etc. and callmethod().
+class SyncManager : public BaseManager {
+ public:
+  explicit SyncManager(std::optional<connection::Address> address = std::nullopt,
+                       std::optional<Bytes> authkey = std::nullopt);
+  template <class K, class V>
+  DictProxy<K, V> dict() { return DictProxy<K, V>(create("dict")); }
+  template <class T>
+  ListProxy<T> list() { return ListProxy<T>(create("list")); }
+  NamespaceProxy Namespace() { return NamespaceProxy(create("Namespace")); }
+  /// Python: manager.Value(typecode, value); the typecode is CPython's (array module letters),
+  /// which the manager keeps only for Python clients.
+  template <class T>
+  ValueProxy<T> Value(const T& initial, std::string typecode = "") {
+    return ValueProxy<T>(create("Value", typecode, initial));
+  }
+};
+
+/// Python's multiprocessing.Manager(): a started SyncManager (its server in a forked child).
+SyncManager Manager();
+
+}  // namespace mp

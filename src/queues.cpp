@@ -1,0 +1,493 @@
+// Queue, SimpleQueue and JoinableQueue (Python: multiprocessing.queues) over a ring in shared
+// memory; the design is described in include/multiprocessing/queues.hpp.
+//
+// The segment: a QueueBlock header, then the ring. The tail (producers) and the head (consumers)
+// are byte positions that only grow (the ring offset is position % capacity); a record is
+// [u32 length][u32 kind] plus the payload rounded up to 8 bytes, so that a record header never
+// wraps. Producers serialize among themselves on one RobustMutex (semlock.hpp), consumers on
+// another, so that a producer and a consumer never wait for each other; each side reads the
+// other's position only when the bound it kept from its last reading says "full" or "empty", so
+// that with one producer and one consumer a message costs few cache-line transfers.
+//
+// Why nothing breaks when a process dies at any instant (SIGKILL):
+// - put writes the record beyond the tail, then publishes the tail: a half-written record is
+//   never visible, and the next producer simply overwrites it.
+// - get copies the record out, then publishes the head: a consumer killed before that leaves the
+//   item for the next one (it was not delivered: no duplicate); killed after, the item is lost
+//   (the one item the contract allows).
+// - a side publishes its item count, then its position (qsize(), maxsize and task_done() use the
+//   counts); the pair is first written to the side's private `pending` fields, so the next
+//   locker, which replaces a dead holder (robust_lock), sets the count back in step with the
+//   position when the holder died between the two stores.
+//
+// Large items (> kInlineMax): why a side socket rather than chunks through the ring. Chunks would
+// tie a consumer to one producer's stream for the whole item and hold small items up behind a
+// 1 GiB one. Instead put() copies the bytes into a fresh memfd (outside any lock), then, under the
+// producers' lock, sends its fd on the queue's SOCK_SEQPACKET socketpair tagged with a sequence id and
+// commits a marker record with the same id. The consumer that pops the marker receives, still
+// under the consumers' lock, the socket's next messages: ids below the marker's are strays left by a process
+// killed between the two steps (their memfd is simply closed); the marker's own message is always
+// there, since it was sent before the marker was committed. The number of markers in the ring is
+// capped (kMaxOutOfLine, counted by id), so the socket's buffer never fills and a send never
+// blocks under the lock. The memfd is freed when its last fd and mapping go: nothing is left in /dev/shm.
+#include <multiprocessing/detail/queue_core.hpp>
+#include <multiprocessing/logging.hpp>
+#include <multiprocessing/reduction.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "posix/fd.hpp"
+#include "posix/futex.hpp"
+#include "posix/shm.hpp"
+#include "posix/socket.hpp"
+#include "semlock.hpp"
+#include "shared_block.hpp"
+
+namespace mp::detail {
+
+namespace {
+
+constexpr BlockType kQueueBlockType = static_cast<BlockType>(0x5155);  // "QU"
+constexpr std::uint64_t kRingBytes = std::uint64_t{1} << 20;
+constexpr std::size_t kInlineMax = 256 * 1024;
+constexpr std::uint64_t kMaxOutOfLine = 64;
+constexpr std::uint32_t kInline = 1;
+constexpr std::uint32_t kOutOfLine = 2;
+constexpr std::uint64_t kRecordHeader = 8;
+// Spin iterations (a pause each, re-checking the ring) before a waiter sleeps: ~20 us, longer
+// than a hand-off to a process running on another CPU takes, far shorter than a futex round trip.
+constexpr int kSpins = 512;
+constexpr int kSpinsPerLook = 8;
+
+// One side of the ring: the producers' or the consumers'. Each side has its own lock, so that a
+// producer and a consumer never wait for each other, and keeps its lock and private fields on
+// lines the other side does not touch.
+struct alignas(64) Side {
+  RobustMutex mutex;
+  // The commit in progress: the position and item count about to be published. A process that
+  // dies between publishing pos and items leaves them here for the next locker to finish.
+  std::uint64_t pending_pos;
+  std::uint64_t pending_items;
+  std::uint64_t other_pos;  // the other side's position as last read (a bound: it only grows)
+  std::uint64_t oob_id;     // producers: the next out-of-line id; consumers: the last taken + 1
+};
+
+struct alignas(64) Published {
+  std::atomic<std::uint64_t> pos;    // tail (producers) / head (consumers), bytes, only grows
+  std::atomic<std::uint64_t> items;  // items put / taken in all
+};
+
+struct alignas(64) QueueBlock {
+  BlockHeader header;
+  std::uint64_t capacity;
+  std::uint64_t maxsize;
+  Side put_side;
+  Published put_pub;
+  Side get_side;
+  Published get_pub;
+  // Futex words, 1 while a getter (putter) is about to sleep or sleeps. The first put (get) that
+  // finds 1 clears it and wakes them all; the next ones find 0 and make no system call, even
+  // while the woken are still on their way (a waiter count would cost a wake per item then).
+  alignas(64) std::atomic<std::uint32_t> get_armed;
+  alignas(64) std::atomic<std::uint32_t> put_armed;
+  alignas(64) std::atomic<std::uint64_t> tasks_done;  // JoinableQueue: unfinished = items put - this
+  std::atomic<std::uint32_t> done_seq;                // futex: bumped when unfinished reaches 0
+  std::atomic<std::uint32_t> join_waiters;
+};
+
+struct OutOfLineMarker {
+  std::uint64_t id;
+  std::uint64_t size;
+};
+
+constexpr std::uint64_t record_size(std::uint64_t payload) { return kRecordHeader + ((payload + 7) & ~std::uint64_t{7}); }
+
+thread_local Bytes t_put_buffer;
+thread_local Bytes t_get_buffer;
+
+}  // namespace
+
+class QueueCore {
+ public:
+  QueueCore(std::shared_ptr<SharedBlock> block, posix::UniqueFd send_end, posix::UniqueFd recv_end)
+      : block_(std::move(block)),
+        shared_(static_cast<QueueBlock*>(block_->data())),
+        ring_(static_cast<std::byte*>(block_->data()) + sizeof(QueueBlock)),
+        send_end_(std::move(send_end)),
+        recv_end_(std::move(recv_end)) {}
+
+  bool put(std::span<const std::byte> item, bool block, Timeout timeout);
+  bool get(bool block, Timeout timeout, std::span<const std::byte>& view, std::shared_ptr<void>& keep);
+  void task_done();
+  void join();
+
+  QueueBlock& shared() const noexcept { return *shared_; }
+  int block_fd() const noexcept { return block_->fd(); }
+  int send_fd() const noexcept { return send_end_.get(); }
+  int recv_fd() const noexcept { return recv_end_.get(); }
+  std::atomic<bool> closed{false};
+  std::atomic<int> put_spins{kSpins};  // wait_loop's adaptive spin budgets, this process's
+  std::atomic<int> get_spins{kSpins};
+
+ private:
+  bool lock(Side& side, const Published& pub, const posix::Deadline& deadline);
+  static void unlock(Side& side) noexcept { robust_unlock(side.mutex); }
+  // Publishes a side's new count and position (the position is the commit).
+  static void publish(Side& side, Published& pub, std::uint64_t pos, std::uint64_t items) noexcept {
+    side.pending_pos = pos;
+    side.pending_items = items;
+    // The count first, so that an item that can be taken is already counted (task_done() checks
+    // against it). seq_cst on the position: with the armed word read next (wake_armed), a Dekker
+    // pair against a waiter that arms and then reads the position (wait_loop).
+    pub.items.store(items, std::memory_order_release);
+    pub.pos.store(pos, std::memory_order_seq_cst);
+  }
+  void copy_in(std::uint64_t pos, const void* src, std::size_t n) noexcept;
+  void copy_out(std::uint64_t pos, void* dst, std::size_t n) const noexcept;
+  // One attempt under the lock; Attempt::retry when the lock was not taken in time.
+  enum class Attempt { done, no_room, timed_out };
+  Attempt try_put(std::span<const std::byte> item, posix::UniqueFd* oob_fd, const posix::Deadline& deadline);
+  Attempt try_get(std::span<const std::byte>& view, std::shared_ptr<void>& keep, const posix::Deadline& deadline);
+  bool receive_out_of_line(const OutOfLineMarker& marker, std::span<const std::byte>& view, std::shared_ptr<void>& keep);
+  // Called after a seq_cst store of the changed state (publish()), which orders it before the
+  // load of the armed word: a Dekker pair with wait_loop's store of 1 and its next attempt.
+  static void wake_armed(std::atomic<std::uint32_t>& armed) noexcept {
+    if (armed.load(std::memory_order_seq_cst) != 0 && armed.exchange(0, std::memory_order_seq_cst) != 0) {
+      posix::futex_wake(armed, INT_MAX);
+    }
+  }
+  static void notify(std::atomic<std::uint32_t>& seq, std::atomic<std::uint32_t>& waiters) noexcept {
+    if (waiters.load(std::memory_order_seq_cst) != 0) {
+      seq.fetch_add(1, std::memory_order_seq_cst);
+      posix::futex_wake(seq, INT_MAX);
+    }
+  }
+
+  std::shared_ptr<SharedBlock> block_;
+  QueueBlock* shared_;
+  std::byte* ring_;
+  posix::UniqueFd send_end_;
+  posix::UniqueFd recv_end_;
+};
+
+namespace {
+
+// The adaptive wait shared by put and get: attempt; on "no room" spin a little re-attempting,
+// then arm the futex word and sleep on it until it is cleared or the deadline passes. Arming
+// precedes the attempt that decides to sleep, and the other side clears the word (and wakes)
+// after its change: so a change is never missed (the futex refuses to sleep on a cleared word).
+//
+// The spin is adaptive (per process and direction, as glibc's adaptive mutexes): a spin that ends
+// in a sleep halves the next one, a spin that succeeds doubles it back. When the other side runs
+// on another CPU, items arrive within the spin and nobody sleeps; when both share a CPU (or the
+// machine is overloaded), spinning only delays the other side, and the waiter soon sleeps at once.
+template <class Attempt, class Ready>
+bool wait_loop(Attempt attempt, Ready ready, std::atomic<std::uint32_t>& armed, std::atomic<int>& spin_limit,
+               bool block, const posix::Deadline& deadline) {
+  using R = decltype(attempt());
+  R r = attempt();
+  if (r == R::done) return true;
+  if (r == R::timed_out || !block) return false;
+  const int limit = spin_limit.load(std::memory_order_relaxed);
+  for (int i = 1; i <= limit; ++i) {
+    posix::spin_pause();
+    // Looked at every few pauses only: each look pulls the other side's cache line over, which
+    // stalls that side's next publish; a burst of items then travels in one go.
+    if (i % kSpinsPerLook == 0 && ready()) {
+      r = attempt();
+      if (r == R::done) {
+        spin_limit.store(std::min(kSpins, 2 * limit + kSpinsPerLook), std::memory_order_relaxed);
+        return true;
+      }
+      if (r == R::timed_out) return false;
+    }
+  }
+  spin_limit.store(limit / 2, std::memory_order_relaxed);
+  for (;;) {
+    // Armed before the attempt that decides to sleep: a change published after that attempt
+    // finds the word armed and wakes this waiter (the futex refuses to sleep on a cleared word).
+    armed.store(1, std::memory_order_seq_cst);
+    r = attempt();
+    if (r == R::done) return true;
+    if (r == R::timed_out) return false;
+    if (deadline && std::chrono::steady_clock::now() >= *deadline) return false;
+    // A slice bounds the sleep so that a waiter also notices a change made by a process that died
+    // before it could wake anyone (killed right after a commit).
+    posix::Deadline slice = std::chrono::steady_clock::now() + kLivenessSlice;
+    if (deadline && *deadline < *slice) slice = deadline;
+    posix::futex_wait(armed, 1, slice);
+  }
+}
+
+}  // namespace
+
+bool QueueCore::lock(Side& side, const Published& pub, const posix::Deadline& deadline) {
+  const MutexOwner me = MutexOwner::this_process();
+  if (robust_try_lock(side.mutex, me)) return true;
+  bool recovered = false;
+  if (!robust_lock(side.mutex, me, deadline, "Queue", &recovered)) return false;
+  if (recovered) {
+    // The dead holder may have published its count and not its position: the count follows the
+    // position (the commit), whichever of the two stores it died between.
+    const bool committed = pub.pos.load(std::memory_order_relaxed) == side.pending_pos;
+    const_cast<Published&>(pub).items.store(committed ? side.pending_items : side.pending_items - 1,
+                                            std::memory_order_release);
+  }
+  return true;
+}
+
+void QueueCore::copy_in(std::uint64_t pos, const void* src, std::size_t n) noexcept {
+  const std::uint64_t at = pos % shared_->capacity;
+  const std::size_t first = static_cast<std::size_t>(std::min<std::uint64_t>(n, shared_->capacity - at));
+  std::memcpy(ring_ + at, src, first);
+  if (first < n) std::memcpy(ring_, static_cast<const std::byte*>(src) + first, n - first);
+}
+
+void QueueCore::copy_out(std::uint64_t pos, void* dst, std::size_t n) const noexcept {
+  const std::uint64_t at = pos % shared_->capacity;
+  const std::size_t first = static_cast<std::size_t>(std::min<std::uint64_t>(n, shared_->capacity - at));
+  std::memcpy(dst, ring_ + at, first);
+  if (first < n) std::memcpy(static_cast<std::byte*>(dst) + first, ring_, n - first);
+}
+
+QueueCore::Attempt QueueCore::try_put(std::span<const std::byte> item, posix::UniqueFd* oob_fd,
+                                      const posix::Deadline& deadline) {
+  QueueBlock& q = *shared_;
+  Side& side = q.put_side;
+  if (!lock(side, q.put_pub, deadline)) return Attempt::timed_out;
+  const std::uint64_t tail = q.put_pub.pos.load(std::memory_order_relaxed);
+  const std::uint64_t items = q.put_pub.items.load(std::memory_order_relaxed);
+  const std::uint64_t payload = oob_fd ? sizeof(OutOfLineMarker) : item.size();
+  const std::uint64_t need = record_size(payload);
+  // The consumers' head is read only when the bound kept from the last reading says "no room".
+  if (q.capacity - (tail - side.other_pos) < need) side.other_pos = q.get_pub.pos.load(std::memory_order_seq_cst);
+  bool room = q.capacity - (tail - side.other_pos) >= need;
+  if (room && q.maxsize != 0) room = items - q.get_pub.items.load(std::memory_order_acquire) < q.maxsize;
+  if (room && oob_fd) room = side.oob_id - std::atomic_ref(q.get_side.oob_id).load(std::memory_order_relaxed) < kMaxOutOfLine;
+  if (!room) {
+    unlock(side);
+    return Attempt::no_room;
+  }
+  std::uint32_t header[2] = {static_cast<std::uint32_t>(payload), oob_fd ? kOutOfLine : kInline};
+  if (oob_fd) {
+    OutOfLineMarker marker{side.oob_id++, item.size()};
+    try {
+      const int fds[1] = {oob_fd->get()};
+      posix::send_with_fds(send_end_.get(), std::as_bytes(std::span(&marker, 1)), fds);
+    } catch (...) {
+      unlock(side);
+      throw;
+    }
+    copy_in(tail + kRecordHeader, &marker, sizeof marker);
+  } else {
+    copy_in(tail + kRecordHeader, item.data(), item.size());
+  }
+  copy_in(tail, header, sizeof header);
+  publish(side, q.put_pub, tail + need, items + 1);
+  unlock(side);
+  wake_armed(q.get_armed);
+  return Attempt::done;
+}
+
+bool QueueCore::put(std::span<const std::byte> item, bool block, Timeout timeout) {
+  if (closed.load(std::memory_order_relaxed)) throw std::logic_error("mp: put() on a Queue closed in this process");
+  const posix::Deadline deadline = posix::deadline_after(timeout);
+  posix::UniqueFd oob;
+  if (item.size() > kInlineMax) {
+    // Copied out of line before any lock is taken: only the fd's hand-off happens under it.
+    // write() rather than a mapping: the kernel fills the new pages without a fault per page.
+    oob = posix::memfd(item.size(), "mp-queue-item");
+    posix::write_all(oob.get(), item);
+  }
+  posix::UniqueFd* oob_ptr = oob ? &oob : nullptr;
+  QueueBlock& q = *shared_;
+  return wait_loop([&] { return try_put(item, oob_ptr, deadline); },
+                   [&] {
+                     return q.put_pub.pos.load(std::memory_order_relaxed) -
+                                q.get_pub.pos.load(std::memory_order_relaxed) <
+                            q.capacity / 2;
+                   },
+                   q.put_armed, put_spins, block, deadline);
+}
+
+bool QueueCore::receive_out_of_line(const OutOfLineMarker& marker, std::span<const std::byte>& view,
+                                    std::shared_ptr<void>& keep) {
+  for (;;) {
+    if (!posix::wait_readable(recv_end_.get(), std::chrono::steady_clock::now())) return false;
+    std::vector<posix::UniqueFd> fds;
+    auto data = posix::recv_with_fds(recv_end_.get(), sizeof(OutOfLineMarker), fds, 1);
+    OutOfLineMarker got{};
+    if (data.size() != sizeof got || fds.size() != 1) return false;
+    std::memcpy(&got, data.data(), sizeof got);
+    if (got.id < marker.id) continue;  // a stray of a producer or consumer that died
+    if (got.id != marker.id || got.size != marker.size || posix::file_size(fds[0].get()) != marker.size) return false;
+    auto map = std::make_shared<posix::Mapping>(fds[0].get(), static_cast<std::size_t>(marker.size));
+    view = std::span<const std::byte>(static_cast<const std::byte*>(map->data()), static_cast<std::size_t>(marker.size));
+    keep = std::move(map);
+    return true;
+  }
+}
+
+QueueCore::Attempt QueueCore::try_get(std::span<const std::byte>& view, std::shared_ptr<void>& keep,
+                                      const posix::Deadline& deadline) {
+  QueueBlock& q = *shared_;
+  Side& side = q.get_side;
+  if (!lock(side, q.get_pub, deadline)) return Attempt::timed_out;
+  for (;;) {
+    const std::uint64_t head = q.get_pub.pos.load(std::memory_order_relaxed);
+    const std::uint64_t taken = q.get_pub.items.load(std::memory_order_relaxed);
+    if (head == side.other_pos) side.other_pos = q.put_pub.pos.load(std::memory_order_seq_cst);
+    const std::uint64_t tail = side.other_pos;
+    if (head == tail) {
+      unlock(side);
+      return Attempt::no_room;
+    }
+    std::uint32_t header[2];
+    copy_out(head, header, sizeof header);
+    const std::uint64_t size = record_size(header[0]);
+    if (header[1] == kInline && size <= tail - head) {
+      Bytes& buffer = t_get_buffer;
+      buffer.resize(header[0]);
+      copy_out(head + kRecordHeader, buffer.data(), header[0]);
+      publish(side, q.get_pub, head + size, taken + 1);
+      unlock(side);
+      wake_armed(q.put_armed);
+      view = std::span<const std::byte>(buffer);
+      return Attempt::done;
+    }
+    if (header[1] == kOutOfLine && header[0] == sizeof(OutOfLineMarker) && size <= tail - head) {
+      OutOfLineMarker marker{};
+      copy_out(head + kRecordHeader, &marker, sizeof marker);
+      // The marker is taken before its message is received: a consumer killed in between leaves
+      // a stray message (skipped by id), never a marker whose message is gone.
+      publish(side, q.get_pub, head + size, taken + 1);
+      std::atomic_ref(side.oob_id).store(marker.id + 1, std::memory_order_relaxed);
+      bool ok = false;
+      try {
+        ok = receive_out_of_line(marker, view, keep);
+      } catch (...) {
+        unlock(side);
+        wake_armed(q.put_armed);
+        throw;
+      }
+      if (!ok) {
+        get_logger().error("Queue: an out-of-line item was lost (its sender or a receiver died)");
+        continue;
+      }
+      unlock(side);
+      wake_armed(q.put_armed);
+      return Attempt::done;
+    }
+    // Not a record (committed records never look so): the ring is emptied rather than read out
+    // of bounds.
+    get_logger().error("Queue: the ring was found damaged; its items are dropped");
+    publish(side, q.get_pub, tail, q.put_pub.items.load(std::memory_order_acquire));
+  }
+}
+
+bool QueueCore::get(bool block, Timeout timeout, std::span<const std::byte>& view, std::shared_ptr<void>& keep) {
+  const posix::Deadline deadline = posix::deadline_after(timeout);
+  QueueBlock& q = *shared_;
+  return wait_loop([&] { return try_get(view, keep, deadline); },
+                   [&] {
+                     return q.put_pub.pos.load(std::memory_order_relaxed) != q.get_pub.pos.load(std::memory_order_relaxed);
+                   },
+                   q.get_armed, get_spins, block, deadline);
+}
+
+void QueueCore::task_done() {
+  QueueBlock& q = *shared_;
+  std::uint64_t n = q.tasks_done.load(std::memory_order_relaxed);
+  do {
+    if (n >= q.put_pub.items.load(std::memory_order_acquire)) throw std::logic_error("mp: task_done() called too many times");
+  } while (!q.tasks_done.compare_exchange_weak(n, n + 1, std::memory_order_seq_cst, std::memory_order_relaxed));
+  if (n + 1 == q.put_pub.items.load(std::memory_order_seq_cst)) notify(q.done_seq, q.join_waiters);
+}
+
+void QueueCore::join() {
+  QueueBlock& q = *shared_;
+  for (;;) {
+    q.join_waiters.fetch_add(1, std::memory_order_seq_cst);
+    const std::uint32_t seen = q.done_seq.load(std::memory_order_seq_cst);
+    const bool done = q.tasks_done.load(std::memory_order_seq_cst) >= q.put_pub.items.load(std::memory_order_seq_cst);
+    if (!done) posix::futex_wait(q.done_seq, seen, std::chrono::steady_clock::now() + kLivenessSlice);
+    q.join_waiters.fetch_sub(1, std::memory_order_seq_cst);
+    if (done) return;
+  }
+}
+
+// ---- the free functions of queue_core.hpp ----
+
+std::shared_ptr<QueueCore> queue_create(std::size_t maxsize) {
+  auto block = SharedBlock::create(sizeof(QueueBlock) + kRingBytes, "mp-queue");
+  auto* q = static_cast<QueueBlock*>(block->data());
+  q->capacity = kRingBytes;
+  q->maxsize = maxsize;
+  q->header.type = kQueueBlockType;
+  q->header.magic = kBlockMagic;
+  auto [send_end, recv_end] = posix::seqpacket_pair(1 << 20);
+  return std::make_shared<QueueCore>(std::move(block), std::move(send_end), std::move(recv_end));
+}
+
+std::shared_ptr<QueueCore> queue_import(std::int32_t block, std::int32_t send_end, std::int32_t recv_end) {
+  if (send_end < 0 || recv_end < 0) throw std::invalid_argument("mp: a Queue handle with a bad fd index was received");
+  auto b = import_block(block, sizeof(QueueBlock) + kRingBytes, kQueueBlockType);
+  const auto* q = static_cast<const QueueBlock*>(b->data());
+  if (q->capacity != kRingBytes) throw std::invalid_argument("mp: the Queue received has a ring of another size");
+  posix::UniqueFd s(import_fd(static_cast<std::size_t>(send_end)));
+  posix::UniqueFd r(import_fd(static_cast<std::size_t>(recv_end)));
+  return std::make_shared<QueueCore>(std::move(b), std::move(s), std::move(r));
+}
+
+void queue_export(const QueueCore& core, std::int32_t (&out)[3]) {
+  out[0] = export_fd(core.block_fd());
+  out[1] = export_fd(core.send_fd());
+  out[2] = export_fd(core.recv_fd());
+}
+
+Bytes& queue_put_buffer() noexcept { return t_put_buffer; }
+
+void queue_trim_buffers() noexcept {
+  constexpr std::size_t kKeep = 16 << 20;  // kept: a stream of 4-8 MiB items reuses its buffers
+  if (t_put_buffer.capacity() > kKeep) Bytes().swap(t_put_buffer);
+  if (t_get_buffer.capacity() > kKeep) Bytes().swap(t_get_buffer);
+}
+
+bool queue_put(QueueCore& core, std::span<const std::byte> item, bool block, Timeout timeout) {
+  return core.put(item, block, timeout);
+}
+
+bool queue_get(QueueCore& core, bool block, Timeout timeout, std::span<const std::byte>& view,
+               std::shared_ptr<void>& keep) {
+  return core.get(block, timeout, view, keep);
+}
+
+std::size_t queue_qsize(const QueueCore& core) noexcept {
+  // Taken first: the count put is then at least as recent (a consumer may publish its count
+  // before the producer of that item has published its own, hence the clamp).
+  const QueueBlock& q = core.shared();
+  const std::uint64_t taken = q.get_pub.items.load(std::memory_order_acquire);
+  const std::uint64_t put = q.put_pub.items.load(std::memory_order_acquire);
+  return put > taken ? static_cast<std::size_t>(put - taken) : 0;
+}
+
+bool queue_full(const QueueCore& core) noexcept {
+  const QueueBlock& q = core.shared();
+  return q.maxsize != 0 && queue_qsize(core) >= q.maxsize;
+}
+
+void queue_close(QueueCore& core) noexcept { core.closed.store(true, std::memory_order_relaxed); }
+bool queue_closed(const QueueCore& core) noexcept { return core.closed.load(std::memory_order_relaxed); }
+void queue_task_done(QueueCore& core) { core.task_done(); }
+void queue_join(QueueCore& core) { core.join(); }
+
+void queue_throw_empty_handle() { throw std::logic_error("mp: use of an empty Queue handle"); }
+void queue_throw_full() { throw Full("mp: the queue is full"); }
+void queue_throw_empty() { throw Empty("mp: the queue is empty"); }
+
+}  // namespace mp::detail
