@@ -1,7 +1,11 @@
-// The demo that `./dev demo` runs: the main process starts one worker per start method (fork,
-// spawn, forkserver), hands each a chunk of work over a Pipe, and collects the answers.
+// The demo that `./dev demo` runs. Part 1: the main process starts one worker per start method
+// (fork, spawn, forkserver), hands each chunks of work over a Pipe and collects the answers.
+// Part 2: producer processes fill a shared-memory Queue, and a Pool of workers squares what they
+// produced, with a worker killed on purpose in the middle: the pool reports it and goes on.
 #include <multiprocessing.hpp>
 
+#include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <numeric>
 #include <string>
@@ -24,6 +28,53 @@ static void worker(mp::Connection conn) {
     for (int x : chunk) sum += static_cast<long long>(x) * x;
     conn.send(Answer{mp::current_process().name(), *mp::current_process().pid(), sum});
   }
+}
+
+// Runs in a producer: puts its share of the numbers 1..n on the queue, then a -1 as "done".
+static void produce(mp::Queue<int> queue, int first, int last) {
+  for (int x = first; x <= last; ++x) queue.put(x);
+  queue.put(-1);
+}
+
+static long long square(int x) { return static_cast<long long>(x) * x; }
+
+static long long square_or_die(int x) {
+  if (x == 13) raise(SIGKILL);  // a worker that dies mid-task
+  return square(x);
+}
+
+// Part 2: two producers fill a queue; the parent drains it and hands the numbers to a pool.
+static bool pool_over_a_queue() {
+  mp::Queue<int> queue;
+  mp::Process p1(produce, queue, 1, 500), p2(produce, queue, 501, 1000);
+  p1.start();
+  p2.start();
+  std::vector<int> numbers;
+  for (int done = 0; done < 2;) {
+    int x = queue.get(std::chrono::seconds(60));
+    if (x < 0)
+      ++done;
+    else
+      numbers.push_back(x);
+  }
+  p1.join();
+  p2.join();
+  std::printf("[queue     ] 2 producers put %zu numbers on a shared-memory queue\n", numbers.size());
+
+  mp::Pool pool(2);
+  auto squares = pool.map(square, numbers);
+  long long sum = std::accumulate(squares.begin(), squares.end(), 0LL);
+  std::printf("[pool      ] 2 workers squared them: sum = %lld (expected %lld)\n", sum, 1000LL * 1001 * 2001 / 6);
+  try {
+    pool.map(square_or_die, std::vector<int>{11, 12, 13, 14});
+  } catch (const mp::WorkerLostError& e) {
+    std::printf("[pool      ] a worker was killed mid-task; the pool says: %s\n", e.what());
+  }
+  long long after = pool.apply(square, 12);
+  std::printf("[pool      ] and goes on with a new worker: 12 squared is %lld\n", after);
+  pool.close();
+  pool.join();
+  return sum == 1000LL * 1001 * 2001 / 6 && after == 144;
 }
 
 int main(int argc, char** argv) {
@@ -53,6 +104,7 @@ int main(int argc, char** argv) {
     p.join();
     std::printf("[%-10s] %s exited with code %d\n\n", method, p.name().c_str(), *p.exitcode());
   }
-  std::printf("total over all workers: %lld (expected %lld)\n", total, 3LL * 2000 * 2001 * 4001 / 6);
-  return total == 3LL * 2000 * 2001 * 4001 / 6 ? 0 : 1;
+  std::printf("total over all workers: %lld (expected %lld)\n\n", total, 3LL * 2000 * 2001 * 4001 / 6);
+  bool pool_ok = pool_over_a_queue();
+  return total == 3LL * 2000 * 2001 * 4001 / 6 && pool_ok ? 0 : 1;
 }
