@@ -152,7 +152,7 @@ class Writer {
       len_ += kFrameHeaderSize;
     }
     room(n);
-    std::memcpy(out_.data() + len_, data, n);
+    if (n != 0) std::memcpy(out_.data() + len_, data, n);  // data may be null when n is 0
     len_ += n;
   }
   void room(std::size_t n) {
