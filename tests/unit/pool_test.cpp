@@ -203,7 +203,9 @@ TEST_P(PoolTest, get_with_a_timeout_throws_and_successful_before_ready_is_a_logi
   EXPECT_THROW((void)r.successful(), std::logic_error);
   EXPECT_FALSE(r.wait(1ms));
   pool.terminate();
-  EXPECT_THROW(r.get(), mp::WorkerLostError);
+  // WorkerLostError when the task was running, ProcessError when it was still queued (a spawn
+  // worker may not have started yet on a slow machine): both are ProcessErrors.
+  EXPECT_THROW(r.get(), mp::ProcessError);
 }
 
 TEST_P(PoolTest, the_initializer_runs_once_per_worker_and_maxtasksperchild_recycles) {
