@@ -15,3 +15,4 @@
 #include <multiprocessing/queues.hpp>
 #include <multiprocessing/managers.hpp>
 #include <multiprocessing/pool.hpp>
+#include <multiprocessing/dummy.hpp>

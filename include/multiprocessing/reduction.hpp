@@ -25,6 +25,7 @@
 #include <multiprocessing/base.hpp>
 #include <multiprocessing/detail/codec.hpp>
 
+#include <cstdint>
 #include <span>
 #include <vector>
 
@@ -91,6 +92,20 @@ class FdImport {
 int export_fd(int fd);
 /// Takes the fd at index from the innermost FdImport of this thread (see FdImport).
 int import_fd(std::size_t index);
+
+/// A handle's save() when its state is one fd: writes the fd's FdExport index.
+template <class Archive>
+void save_fd_index(Archive& ar, int fd) {
+  const std::int32_t index = export_fd(fd);
+  ar(index);
+}
+/// The matching load(): the index that save_fd_index wrote (the handle claims it with import_fd).
+template <class Archive>
+std::int32_t load_fd_index(Archive& ar) {
+  std::int32_t index = -1;
+  ar(index);
+  return index;
+}
 
 }  // namespace detail
 }  // namespace mp

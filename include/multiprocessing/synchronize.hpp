@@ -62,14 +62,11 @@ class Lock {
   /// The codec's hooks: crosses to spawn/forkserver children as its segment's fd.
   template <class Archive>
   void save(Archive& ar) const {
-    const std::int32_t index = detail::export_fd(fileno());
-    ar(index);
+    detail::save_fd_index(ar, fileno());
   }
   template <class Archive>
   void load(Archive& ar) {
-    std::int32_t index = -1;
-    ar(index);
-    *this = from_imported_fd(index);
+    *this = from_imported_fd(detail::load_fd_index(ar));
   }
 
  private:
@@ -104,14 +101,11 @@ class RLock {
 
   template <class Archive>
   void save(Archive& ar) const {
-    const std::int32_t index = detail::export_fd(fileno());
-    ar(index);
+    detail::save_fd_index(ar, fileno());
   }
   template <class Archive>
   void load(Archive& ar) {
-    std::int32_t index = -1;
-    ar(index);
-    *this = from_imported_fd(index);
+    *this = from_imported_fd(detail::load_fd_index(ar));
   }
 
  private:
@@ -267,14 +261,11 @@ class Event {
 
   template <class Archive>
   void save(Archive& ar) const {
-    const std::int32_t index = detail::export_fd(fileno());
-    ar(index);
+    detail::save_fd_index(ar, fileno());
   }
   template <class Archive>
   void load(Archive& ar) {
-    std::int32_t index = -1;
-    ar(index);
-    *this = from_imported_fd(index);
+    *this = from_imported_fd(detail::load_fd_index(ar));
   }
 
  private:
@@ -315,14 +306,11 @@ class Barrier {
 
   template <class Archive>
   void save(Archive& ar) const {
-    const std::int32_t index = detail::export_fd(fileno());
-    ar(index);
+    detail::save_fd_index(ar, fileno());
   }
   template <class Archive>
   void load(Archive& ar) {
-    std::int32_t index = -1;
-    ar(index);
-    *this = from_imported_fd(index);
+    *this = from_imported_fd(detail::load_fd_index(ar));
   }
 
  private:
