@@ -16,10 +16,13 @@
 
 using namespace std::chrono_literals;
 
+// The workers here crash on purpose: let SIGSEGV kill them as it would without a sanitizer (whose
+// own handler would turn the signal into "exited with code 1").
 #if defined(__SANITIZE_ADDRESS__)
-// The workers here crash on purpose: let SIGSEGV kill them as it would without ASan (whose own
-// handler would turn the signal into "exited with code 1").
 extern "C" const char* __asan_default_options() { return "handle_segv=0"; }
+#endif
+#if defined(__SANITIZE_THREAD__)
+extern "C" const char* __tsan_default_options() { return "handle_segv=0"; }
 #endif
 
 namespace {
