@@ -125,6 +125,13 @@ class QueueCore {
   bool get(bool block, Timeout timeout, std::span<const std::byte>& view, std::shared_ptr<void>& keep);
   void task_done();
   void join();
+  // Finishes the commit of a side's holder found dead, so that the counts are exact again
+  // without waiting for the next put (get) to take that side's lock.
+  void settle(Side& side, Published& pub);
+  void settle() {
+    settle(shared_->put_side, shared_->put_pub);
+    settle(shared_->get_side, shared_->get_pub);
+  }
 
   QueueBlock& shared() const noexcept { return *shared_; }
   int block_fd() const noexcept { return block_->fd(); }
@@ -136,6 +143,7 @@ class QueueCore {
 
  private:
   bool lock(Side& side, const Published& pub, const posix::Deadline& deadline);
+  static void finish_dead_commit(const Side& side, Published& pub) noexcept;
   static void unlock(Side& side) noexcept { robust_unlock(side.mutex); }
   // Publishes a side's new count and position (the position is the commit).
   static void publish(Side& side, Published& pub, std::uint64_t pos, std::uint64_t items) noexcept {
@@ -231,14 +239,22 @@ bool QueueCore::lock(Side& side, const Published& pub, const posix::Deadline& de
   if (robust_try_lock(side.mutex, me)) return true;
   bool recovered = false;
   if (!robust_lock(side.mutex, me, deadline, "Queue", &recovered)) return false;
-  if (recovered) {
-    // The dead holder may have published its count and not its position: the count follows the
-    // position (the commit), whichever of the two stores it died between.
-    const bool committed = pub.pos.load(std::memory_order_relaxed) == side.pending_pos;
-    const_cast<Published&>(pub).items.store(committed ? side.pending_items : side.pending_items - 1,
-                                            std::memory_order_release);
-  }
+  if (recovered) finish_dead_commit(side, const_cast<Published&>(pub));
   return true;
+}
+
+void QueueCore::finish_dead_commit(const Side& side, Published& pub) noexcept {
+  // The dead holder may have published its count and not its position: the count follows the
+  // position (the commit), whichever of the two stores it died between.
+  const bool committed = pub.pos.load(std::memory_order_relaxed) == side.pending_pos;
+  pub.items.store(committed ? side.pending_items : side.pending_items - 1, std::memory_order_release);
+}
+
+void QueueCore::settle(Side& side, Published& pub) {
+  if (robust_holder(side.mutex) == 0) return;
+  if (!robust_take_over_if_dead(side.mutex, MutexOwner::this_process(), "Queue")) return;
+  finish_dead_commit(side, pub);
+  unlock(side);
 }
 
 void QueueCore::copy_in(std::uint64_t pos, const void* src, std::size_t n) noexcept {
@@ -467,7 +483,11 @@ bool queue_get(QueueCore& core, bool block, Timeout timeout, std::span<const std
   return core.get(block, timeout, view, keep);
 }
 
-std::size_t queue_qsize(const QueueCore& core) noexcept {
+std::size_t queue_qsize(QueueCore& core) {
+  // A side's holder killed between publishing its count and its position leaves the count one
+  // ahead until the next locker repairs it; repaired here, so that qsize() is exact once the
+  // queue is quiet.
+  core.settle();
   // Taken first: the count put is then at least as recent (a consumer may publish its count
   // before the producer of that item has published its own, hence the clamp).
   const QueueBlock& q = core.shared();
@@ -476,7 +496,7 @@ std::size_t queue_qsize(const QueueCore& core) noexcept {
   return put > taken ? static_cast<std::size_t>(put - taken) : 0;
 }
 
-bool queue_full(const QueueCore& core) noexcept {
+bool queue_full(QueueCore& core) {
   const QueueBlock& q = core.shared();
   return q.maxsize != 0 && queue_qsize(core) >= q.maxsize;
 }

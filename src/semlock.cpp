@@ -24,10 +24,12 @@ void record_holder(RobustMutex& m, const MutexOwner& me) noexcept {
   m.holder.store((std::uint64_t{me.id} << 40) | (me.start_time & kStartMask), std::memory_order_relaxed);
 }
 
+}  // namespace
+
 // The word's holder has been seen not to release for a whole slice: if it is dead, take the
 // mutex over by a CAS from exactly the word it left (so that of several waiters only one wins,
 // and a holder that released meanwhile is not robbed).
-bool take_over_if_dead(RobustMutex& m, const MutexOwner& me, const char* what, bool* recovered) {
+bool robust_take_over_if_dead(RobustMutex& m, const MutexOwner& me, const char* what, bool* recovered) {
   std::uint32_t c = m.word.load(std::memory_order_relaxed);
   std::uint32_t id = c & RobustMutex::kIdMask;
   if (id == 0) return false;
@@ -44,8 +46,6 @@ bool take_over_if_dead(RobustMutex& m, const MutexOwner& me, const char* what, b
                        std::to_string(id) + ", died");
   return true;
 }
-
-}  // namespace
 
 bool robust_lock(RobustMutex& m, const MutexOwner& me, const posix::Deadline& deadline, const char* what,
                  bool* recovered) {
@@ -74,13 +74,13 @@ bool robust_lock(RobustMutex& m, const MutexOwner& me, const posix::Deadline& de
     auto now = std::chrono::steady_clock::now();
     if (deadline && now >= *deadline) {
       // Before giving up, one look at the holder: a timed acquire must not fail on a dead one.
-      return take_over_if_dead(m, me, what, recovered);
+      return robust_take_over_if_dead(m, me, what, recovered);
     }
     posix::Deadline slice_end = now + kLivenessSlice;
     if (deadline && *deadline < *slice_end) slice_end = deadline;
     if (!posix::futex_wait(m.word, c, slice_end)) {
       // A whole slice without a release: the holder may have died.
-      if (take_over_if_dead(m, me, what, recovered)) return true;
+      if (robust_take_over_if_dead(m, me, what, recovered)) return true;
     }
   }
 }

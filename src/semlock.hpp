@@ -97,6 +97,10 @@ inline bool robust_try_lock(RobustMutex& m, const MutexOwner& me) noexcept {
 bool robust_lock(RobustMutex& m, const MutexOwner& me, const posix::Deadline& deadline, const char* what,
                  bool* recovered = nullptr);
 
+/// Takes the mutex at once if its holder is dead (logging a warning naming `what`); false when it
+/// is free or its holder lives. For a look that must not wait behind a live holder.
+bool robust_take_over_if_dead(RobustMutex& m, const MutexOwner& me, const char* what, bool* recovered = nullptr);
+
 /// Frees the mutex and wakes one waiter when there are any. Returns the word as it was (0: it
 /// was not held, and nothing was changed).
 inline std::uint32_t robust_unlock(RobustMutex& m) noexcept;

@@ -35,8 +35,8 @@ bool queue_put(QueueCore& core, std::span<const std::byte> item, bool block, Tim
 bool queue_get(QueueCore& core, bool block, Timeout timeout, std::span<const std::byte>& view,
                std::shared_ptr<void>& keep);
 
-std::size_t queue_qsize(const QueueCore& core) noexcept;
-bool queue_full(const QueueCore& core) noexcept;
+std::size_t queue_qsize(QueueCore& core);
+bool queue_full(QueueCore& core);
 void queue_close(QueueCore& core) noexcept;
 bool queue_closed(const QueueCore& core) noexcept;
 void queue_task_done(QueueCore& core);
