@@ -583,6 +583,47 @@ double ours_pool_apply_async(long n) {
   return seconds_since(t0);
 }
 
+// Worker state: a task that reads a 100 MiB read-only table, the table sent once per worker with
+// the pool (PoolOptions::set_worker_state; pool start-up included in the time) against the same
+// table passed as an argument to every task (the "raw" column here).
+constexpr std::size_t kStateBytes = 100u << 20;
+std::uint64_t state_probe(int i) {
+  const auto& table = mp::pool::worker_state<std::vector<std::uint8_t>>();
+  return table[static_cast<std::size_t>(i) * 4096 % table.size()];
+}
+std::uint64_t argument_probe(std::vector<std::uint8_t> table, int i) {
+  return table[static_cast<std::size_t>(i) * 4096 % table.size()];
+}
+
+double ours_pool_worker_state(long n) {
+  std::vector<std::uint8_t> table(kStateBytes, 1);
+  auto t0 = Clock::now();
+  mp::PoolOptions o;
+  o.processes = 2;
+  o.context = mp::get_context("fork");
+  o.set_worker_state(table);
+  mp::Pool pool(o);
+  std::uint64_t sum = 0;
+  for (long i = 0; i < n; ++i) sum += pool.apply(state_probe, static_cast<int>(i));
+  double t = seconds_since(t0);
+  if (sum != static_cast<std::uint64_t>(n)) std::fprintf(stderr, "pool_worker_state: wrong sum\n");
+  return t;
+}
+
+double ours_pool_state_as_argument(long n) {
+  std::vector<std::uint8_t> table(kStateBytes, 1);
+  auto t0 = Clock::now();
+  mp::PoolOptions o;
+  o.processes = 2;
+  o.context = mp::get_context("fork");
+  mp::Pool pool(o);
+  std::uint64_t sum = 0;
+  for (long i = 0; i < n; ++i) sum += pool.apply(argument_probe, table, static_cast<int>(i));
+  double t = seconds_since(t0);
+  if (sum != static_cast<std::uint64_t>(n)) std::fprintf(stderr, "pool_state_as_argument: wrong sum\n");
+  return t;
+}
+
 double ours_pool_start(long n) {
   auto ctx = mp::get_context("fork");
   auto t0 = Clock::now();
@@ -623,6 +664,21 @@ double boost_queue_small_1to1(long n) {
   return t;
 }
 #endif
+
+// A manager's proxied dict: d["k"] = i; d["k"] per operation (two round trips to the manager
+// process, as Python's DictProxy makes them). The manager is started before the clock runs.
+double ours_manager_dict_set_get(long n) {
+  mp::SyncManager m = mp::Manager();
+  auto d = m.dict<std::string, long>();
+  d.set("k", 0);
+  (void)d.get("k");  // the proxy's channel is open
+  auto t0 = Clock::now();
+  for (long i = 0; i < n; ++i) {
+    d.set("k", i);
+    if (d.get("k") != i) std::abort();
+  }
+  return seconds_since(t0);
+}
 
 }  // namespace
 namespace bench_listener {
@@ -724,12 +780,19 @@ int main(int argc, char** argv) {
            measure(reps, 1, [&](long) { return ours_pool_imap(scale(100000)) / static_cast<double>(scale(100000)); },
                    [&](long) { return ours_pingpong(scale(100000), 8) / static_cast<double>(scale(100000)); }),
            true);
+  if (selected(only, "pool_worker_state_100MiB"))
+    report("pool_worker_state_100MiB", "ms/task", 1e3,
+           measure(reps, scale(20), ours_pool_worker_state, ours_pool_state_as_argument), false);
   if (selected(only, "pool_apply_async_roundtrip"))
     report("pool_apply_async_roundtrip", "us/roundtrip", 1e6,
            measure(reps, scale(5000), ours_pool_apply_async, [](long k) { return ours_pingpong(k, 8); }), false);
   if (selected(only, "pool_start_close_join_fork"))
     report("pool_start_close_join_fork", "ms/pool", 1e3, measure(reps, scale(100), ours_pool_start, raw_fork_join),
            false);
+  // The raw limit: the same two 8-byte round trips between two processes over a raw pipe.
+  if (selected(only, "manager_dict_set_get"))
+    report("manager_dict_set_get", "us/set+get", 1e6,
+           measure(reps, scale(20000), ours_manager_dict_set_get, [](long k) { return raw_pingpong(2 * k, 8); }), false);
   bench_listener::run(only, quick);
   return 0;
 }

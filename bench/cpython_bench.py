@@ -255,6 +255,25 @@ def pool_apply_async(n):
         return time.perf_counter() - t0
 
 
+_STATE_BYTES = 100 << 20
+
+
+def _argument_probe(table, i):
+    return table[i * 4096 % len(table)]
+
+
+def pool_state_as_argument(n):
+    # CPython has no worker state: the 100 MiB table goes with every task (pool start included,
+    # as in ours).
+    table = b'\x01' * _STATE_BYTES
+    t0 = time.perf_counter()
+    with mp.get_context('fork').Pool(2) as pool:
+        s = sum(pool.apply(_argument_probe, (table, i)) for i in range(n))
+        t = time.perf_counter() - t0
+    assert s == n
+    return t
+
+
 def pool_start(n):
     ctx = mp.get_context('fork')
     t0 = time.perf_counter()
@@ -263,6 +282,19 @@ def pool_start(n):
         pool.close()
         pool.join()
     return time.perf_counter() - t0
+
+
+def manager_dict_set_get(n):
+    """A manager's DictProxy: d['k'] = i; d['k'] per operation (bench_main.cpp's case)."""
+    with mp.get_context('fork').Manager() as m:
+        d = m.dict()
+        d['k'] = 0
+        d['k']
+        t0 = time.perf_counter()
+        for i in range(n):
+            d['k'] = i
+            assert d['k'] == i
+        return time.perf_counter() - t0
 
 
 def on_one_cpu(run):
@@ -309,8 +341,12 @@ def main():
         ('pool_map_10k_tiny', 'Mtasks/s', lambda: 1e-6 / median_per_op(reps, scale(10000), pool_map)),
         ('pool_map_1M_tiny', 'Mtasks/s', lambda: 1e-6 / median_per_op(reps, scale(1000000), pool_map)),
         ('pool_imap_chunksize1_100k', 'ktasks/s', lambda: 1e-3 / median_per_op(reps, scale(100000), pool_imap)),
+        ('pool_worker_state_100MiB', 'ms/task', lambda: 1e3 * median_per_op(reps, scale(20), pool_state_as_argument)),
         ('pool_apply_async_roundtrip', 'us/roundtrip', lambda: 1e6 * median_per_op(reps, scale(5000), pool_apply_async)),
         ('pool_start_close_join_fork', 'ms/pool', lambda: 1e3 * median_per_op(reps, scale(100), pool_start)),
+    ]
+    cases += [
+        ('manager_dict_set_get', 'us/set+get', lambda: 1e6 * median_per_op(reps, scale(20000), manager_dict_set_get)),
     ]
     import cpython_bench_listener
     cases += cpython_bench_listener.cases(median_per_op, reps, scale)

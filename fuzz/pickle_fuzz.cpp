@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -18,6 +20,22 @@ namespace {
 [[noreturn]] void fail(const char* what, const std::string& detail = {}) {
   std::fprintf(stderr, "pickle_fuzz: %s %s\n", what, detail.c_str());
   std::abort();
+}
+
+template <class T>
+void same_as_value_path(std::span<const std::byte> input, const mp::pickle::Value& value) {
+  std::optional<T> direct, via;
+  try {
+    direct = mp::pickle::loads<T>(input);
+  } catch (const std::invalid_argument&) {
+  }
+  try {
+    via = value.as<T>();
+  } catch (const std::invalid_argument&) {
+  } catch (const std::out_of_range&) {
+  }
+  if (direct.has_value() != via.has_value()) fail("loads<T> and Value::as<T> disagree on whether it converts");
+  if (direct && !(*direct == *via)) fail("loads<T> and Value::as<T> give different values");
 }
 
 }  // namespace
@@ -62,5 +80,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     (void)pickle::loads<std::vector<std::pair<std::string, pickle::Value>>>(input);
   } catch (const std::invalid_argument&) {
   }
+  // loads<T> reads these straight from the bytes (detail::Cursor): it must agree with the
+  // conversion of the loaded Value, in result and in refusal.
+  same_as_value_path<std::map<std::string, long>>(input, value);
+  same_as_value_path<std::map<long, std::vector<double>>>(input, value);
+  same_as_value_path<std::vector<std::map<std::string, std::string>>>(input, value);
+  same_as_value_path<std::vector<std::optional<mp::Bytes>>>(input, value);
+  same_as_value_path<std::vector<std::vector<bool>>>(input, value);
   return 0;
 }

@@ -128,8 +128,11 @@ bool verify_response(std::span<const std::byte> key, std::span<const std::byte> 
 Bytes read_message(Connection& connection, const posix::Deadline& deadline) {
   if (!connection.readable() || !connection.writable())
     throw std::logic_error("the authentication handshake needs an open duplex connection");
+  return read_message(connection, deadline, posix::fd_kind(connection.fileno()));
+}
+
+Bytes read_message(Connection& connection, const posix::Deadline& deadline, posix::FdKind kind) {
   const int fd = connection.fileno();
-  const posix::FdKind kind = posix::fd_kind(fd);
   auto wait = [&] {
     if (!posix::wait_readable(fd, deadline)) timed_out();
   };
@@ -190,8 +193,17 @@ Bytes read_message(Connection& connection, const posix::Deadline& deadline) {
   auto read_exactly = [&](std::span<std::byte> buf, bool at_start) {
     bool first = at_start;
     while (!buf.empty()) {
-      wait();
-      std::size_t n = posix::read_some(fd, is_socket, buf);
+      std::size_t n = 0;
+      // The rest of a message the peer sent in one write is usually there already: a socket is
+      // read without waiting first (which saves a poll() per message); otherwise wait, then read.
+      std::optional<std::size_t> got;
+      if (is_socket && !first) got = posix::try_recv_some(fd, buf);
+      if (got) {
+        n = *got;
+      } else {
+        wait();
+        n = posix::read_some(fd, is_socket, buf);
+      }
       if (n == 0) {
         if (first) throw EOFError("connection closed by the peer");
         throw EOFError("got end of file during message");
@@ -214,9 +226,9 @@ Bytes read_message(Connection& connection, const posix::Deadline& deadline) {
   return message;
 }
 
-void deliver_challenge(Connection& connection, const Bytes& authkey, const posix::Deadline& deadline) {
-  if (!connection.readable() || !connection.writable())
-    throw std::logic_error("the authentication handshake needs an open duplex connection");
+namespace {
+
+void deliver(Connection& connection, const Bytes& authkey, const posix::Deadline& deadline, posix::FdKind kind) {
   Bytes message;
   append(message, as_bytes("{sha256}"));
   append(message, posix::random_bytes(kNonceLength));
@@ -224,7 +236,7 @@ void deliver_challenge(Connection& connection, const Bytes& authkey, const posix
   append(challenge, as_bytes(kChallenge));
   append(challenge, message);
   connection.send_bytes(challenge);
-  Bytes response = read_message(connection, deadline);
+  Bytes response = read_message(connection, deadline, kind);
   if (!verify_response(authkey, message, response)) {
     // The peer may already be gone; the verdict is then lost, but the refusal is what matters.
     try {
@@ -236,13 +248,41 @@ void deliver_challenge(Connection& connection, const Bytes& authkey, const posix
   connection.send_bytes(kWelcome);
 }
 
-void answer_challenge(Connection& connection, const Bytes& authkey, const posix::Deadline& deadline) {
-  Bytes challenge = read_message(connection, deadline);
+void answer(Connection& connection, const Bytes& authkey, const posix::Deadline& deadline, posix::FdKind kind) {
+  Bytes challenge = read_message(connection, deadline, kind);
   if (!starts_with(challenge, kChallenge)) throw AuthenticationError("protocol error: expected a challenge");
   auto message = std::span<const std::byte>(challenge).subspan(kChallenge.size());
   connection.send_bytes(make_response(authkey, message));
-  Bytes verdict = read_message(connection, deadline);
+  Bytes verdict = read_message(connection, deadline, kind);
   if (!equals(verdict, kWelcome)) throw AuthenticationError("digest sent was rejected");
+}
+
+// What kind of descriptor the connection has (asked once per handshake: a system call).
+posix::FdKind checked_kind(Connection& connection) {
+  if (!connection.readable() || !connection.writable())
+    throw std::logic_error("the authentication handshake needs an open duplex connection");
+  return posix::fd_kind(connection.fileno());
+}
+
+}  // namespace
+
+void deliver_challenge(Connection& connection, const Bytes& authkey, const posix::Deadline& deadline) {
+  deliver(connection, authkey, deadline, checked_kind(connection));
+}
+
+void answer_challenge(Connection& connection, const Bytes& authkey, const posix::Deadline& deadline) {
+  answer(connection, authkey, deadline, checked_kind(connection));
+}
+
+void handshake(Connection& connection, const Bytes& authkey, const posix::Deadline& deadline, bool challenger_first) {
+  const posix::FdKind kind = checked_kind(connection);
+  if (challenger_first) {
+    deliver(connection, authkey, deadline, kind);
+    answer(connection, authkey, deadline, kind);
+  } else {
+    answer(connection, authkey, deadline, kind);
+    deliver(connection, authkey, deadline, kind);
+  }
 }
 
 }  // namespace detail::auth

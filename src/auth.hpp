@@ -7,6 +7,7 @@
 #include <multiprocessing/connection.hpp>
 
 #include "posix/fd.hpp"
+#include "posix/socket.hpp"
 
 #include <cstddef>
 #include <optional>
@@ -54,10 +55,14 @@ bool verify_response(std::span<const std::byte> key, std::span<const std::byte> 
 /// for a longer message or a malformed header, TimeoutError at the deadline, EOFError when the
 /// peer closes.
 Bytes read_message(Connection& connection, const posix::Deadline& deadline);
+/// The same, for a descriptor of a kind already known (fd_kind is a system call).
+Bytes read_message(Connection& connection, const posix::Deadline& deadline, posix::FdKind kind);
 
 /// The two halves of the handshake with one deadline for all their messages (Listener::accept and
 /// Client give both halves a single deadline); they throw as connection::deliver_challenge.
 void deliver_challenge(Connection& connection, const Bytes& authkey, const posix::Deadline& deadline);
 void answer_challenge(Connection& connection, const Bytes& authkey, const posix::Deadline& deadline);
+/// Both halves, as Listener.accept (challenger_first) and Client run them.
+void handshake(Connection& connection, const Bytes& authkey, const posix::Deadline& deadline, bool challenger_first);
 
 }  // namespace mp::detail::auth

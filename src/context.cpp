@@ -6,16 +6,23 @@
 #include <stdexcept>
 
 #include "process_impl.hpp"
+#include "mpi/mpi_backend.hpp"
 
 namespace mp {
 
 namespace {
 
-constexpr std::array<const char*, 3> kMethods{"fork", "spawn", "forkserver"};
+// "mpi" (src/mpi/) exists only in a build with MPI.
+constexpr std::array<const char*, 4> kMethods{"fork", "spawn", "forkserver", "mpi"};
+constexpr std::size_t kMpi = 3;
+
+std::size_t method_count() { return detail::mpi::built_in() ? kMethods.size() : kMpi; }
 
 int method_index(std::string_view method) {
-  for (std::size_t i = 0; i < kMethods.size(); ++i)
+  for (std::size_t i = 0; i < method_count(); ++i)
     if (method == kMethods[i]) return static_cast<int>(i);
+  if (method == kMethods[kMpi])
+    throw std::invalid_argument("cannot find context for 'mpi' (this build of the library has no MPI support)");
   throw std::invalid_argument("cannot find context for '" + std::string(method) + "'");
 }
 
@@ -61,6 +68,8 @@ void set_start_method(std::string_view method, bool force) {
 
 std::string get_start_method() { return detail::actual_start_method(); }
 
-std::vector<std::string> get_all_start_methods() { return {kMethods.begin(), kMethods.end()}; }
+std::vector<std::string> get_all_start_methods() {
+  return {kMethods.begin(), kMethods.begin() + static_cast<std::ptrdiff_t>(method_count())};
+}
 
 }  // namespace mp

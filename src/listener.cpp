@@ -34,7 +34,11 @@ bool Address::is_abstract() const { return !inet_ && !path_.empty() && path_[0] 
 
 std::string Address::to_string() const {
   if (inet_) return host_ + ":" + std::to_string(port_);
-  if (is_abstract()) return "@" + path_.substr(1);
+  if (is_abstract()) {
+    std::string out = "@";  // (appended, not "@" + substr: g++ 12 -O3 warns falsely on that)
+    out.append(path_, 1, std::string::npos);
+    return out;
+  }
   return path_;
 }
 
@@ -78,13 +82,7 @@ void handshake(Connection& c, const Bytes& key, Timeout timeout, bool challenger
   auto deadline = posix::deadline_after(timeout);
   std::string why;
   try {
-    if (challenger_first) {
-      detail::auth::deliver_challenge(c, key, deadline);
-      detail::auth::answer_challenge(c, key, deadline);
-    } else {
-      detail::auth::answer_challenge(c, key, deadline);
-      detail::auth::deliver_challenge(c, key, deadline);
-    }
+    detail::auth::handshake(c, key, deadline, challenger_first);
     return;
   } catch (const AuthenticationError& e) {
     c.close();

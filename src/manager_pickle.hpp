@@ -9,8 +9,10 @@
 //                                                    class inside a RebuildProxy's arguments)
 #pragma once
 
+#include <multiprocessing/managers.hpp>
 #include <multiprocessing/pickle.hpp>
 
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -27,3 +29,30 @@ inline constexpr std::string_view kObjectTag{"\0mp.pyobject", 12};
 Value load_manager_value(std::span<const std::byte> data);
 
 }  // namespace mp::pickle::detail
+
+namespace mp::detail::managers {
+
+/// A manager's reply as a client reads it: the (kind, payload) tuple, an '#ERROR' exception of a
+/// class outside the allow-list (queue.Empty) as a tagged object with its name and no arguments.
+/// std::invalid_argument for anything else that is not a loadable (str, payload) tuple.
+pickle::Value load_reply(std::span<const std::byte> raw);
+
+/// A manager server with SyncManager's typeids and no sockets, fed request messages directly
+/// (the decoding and dispatch of Server, for fuzz/manager_fuzz.cpp). It behaves as a stopping
+/// server: waiting calls (Queue.get, Lock.acquire) fail at once instead of waiting.
+class RequestSandbox {
+ public:
+  RequestSandbox();
+  ~RequestSandbox();
+  /// The reply the server sends to this request message (a pickle); shutdown and
+  /// accept_connection only get their reply.
+  std::string handle(std::span<const std::byte> message);
+  /// Drops every object and starts the ids again from "10000" (a fresh server, without making a
+  /// new listener).
+  void reset();
+
+ private:
+  std::shared_ptr<Server::Impl> impl_;
+};
+
+}  // namespace mp::detail::managers

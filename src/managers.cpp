@@ -9,8 +9,13 @@
 //
 // Client: a control request is a fresh connection each (as CPython's client does); a proxy keeps
 // one channel of its own, opened on first use.
+//
+// The SyncManager types that wait (Queue, Lock, Condition, ...) are in manager_sync_types.cpp:
+// the server does not serialize calls to them (TypeInfo::waits) and cancels their waits when it
+// stops (TypeInfo::cancel), so that serve_forever() can join every connection's thread.
 #include <multiprocessing/managers.hpp>
 #include <multiprocessing/context.hpp>
+#include <multiprocessing/logging.hpp>
 #include <multiprocessing/process.hpp>
 
 #include "manager_pickle.hpp"
@@ -142,14 +147,60 @@ Value tagged_exception(std::string_view python_type, std::string message) {
                        Value::tuple({Value(std::move(message))}), Value()});
 }
 
+// Whether v holds a tagged Python object anywhere (a Namespace, an array, a pickled proxy), so
+// that it must be written by encode_with_objects rather than pickle::dumps.
+bool holds_tagged(const Value& v, std::size_t depth = 0) {
+  const std::string type = v.type_name();
+  if (type == "tuple" && is_tagged(v)) return true;
+  if (depth > pickle::kMaxDepth) return false;
+  if (type == "tuple" || type == "list") {
+    for (std::size_t i = 0; i < v.size(); ++i)
+      if (holds_tagged(v[i], depth + 1)) return true;
+  } else if (type == "dict") {
+    for (const auto& [k, x] : v.as<std::vector<std::pair<Value, Value>>>())
+      if (holds_tagged(k, depth + 1) || holds_tagged(x, depth + 1)) return true;
+  }
+  return false;
+}
+
+// Error texts quote what a client sent (a global's name, a method name cut short), which need not
+// be UTF-8; a reply's str must be. Invalid bytes become '?'.
+std::string utf8_text(std::string_view in) {
+  std::string out;
+  out.reserve(in.size());
+  for (std::size_t i = 0; i < in.size();) {
+    const auto c = static_cast<unsigned char>(in[i]);
+    std::size_t n = c < 0x80 ? 1 : (c >> 5) == 6 && c >= 0xc2 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 && c <= 0xf4 ? 4 : 0;
+    bool ok = n > 0 && i + n <= in.size();
+    for (std::size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(in[i + k]) & 0xc0) == 0x80;
+    if (ok && n == 3) {  // no overlong forms, no surrogates
+      const auto c1 = static_cast<unsigned char>(in[i + 1]);
+      ok = !(c == 0xe0 && c1 < 0xa0) && !(c == 0xed && c1 >= 0xa0);
+    } else if (ok && n == 4) {
+      const auto c1 = static_cast<unsigned char>(in[i + 1]);
+      ok = !(c == 0xf0 && c1 < 0x90) && !(c == 0xf4 && c1 >= 0x90);
+    }
+    if (ok) {
+      out.append(in.substr(i, n));
+      i += n;
+    } else {
+      out += '?';
+      ++i;
+    }
+  }
+  return out;
+}
+
 std::string traceback_text(std::string_view python_type, std::string_view message) {
   return "Traceback (most recent call last):\n  (raised in the C++ manager process)\n" + std::string(python_type) +
-         ": " + std::string(message) + "\n";
+         ": " + utf8_text(message) + "\n";
 }
 
 // ---- the client side ----
-Bytes encode_request(const Value& ident, std::string_view name, const Value& args) {
-  return pickle::dumps(Value::tuple({ident, Value(std::string(name)), args, Value::dict()}));
+Bytes encode_request(const Value& ident, std::string_view name, const Value& args, const Value& kwds = Value::dict()) {
+  Value request = Value::tuple({ident, Value(std::string(name)), args, kwds});
+  if (holds_tagged(args) || holds_tagged(kwds)) return mp::bytes(encode_with_objects(request));
+  return pickle::dumps(request);
 }
 
 struct Reply {
@@ -158,9 +209,12 @@ struct Reply {
 };
 
 Reply decode_reply(const Bytes& raw) {
-  Value v = pd::load_manager_value(raw);
-  if (v.type_name() != "tuple" || v.size() != 2 || !v[0].is<std::string>())
-    throw RemoteError("RemoteError", "manager: malformed reply", v.repr());
+  Value v;
+  try {
+    v = detail::managers::load_reply(raw);
+  } catch (const std::invalid_argument& e) {
+    throw RemoteError("RemoteError", std::string("manager: malformed reply: ") + e.what(), "");
+  }
   return Reply{v[0].as<std::string>(), v[1]};
 }
 
@@ -184,6 +238,9 @@ Reply decode_reply(const Bytes& raw) {
     }
     if (type == "KeyError" || type == "IndexError") throw std::out_of_range(type + ": " + message);
     if (type == "AttributeError") throw AttributeError(message);
+    if (type == "_queue.Empty" || type == "queue.Empty") throw Empty("queue.Empty (in the manager)");
+    if (type == "queue.Full") throw Full("queue.Full (in the manager)");
+    if (type == "threading.BrokenBarrierError") throw BrokenBarrierError("threading.BrokenBarrierError (in the manager)");
     throw RemoteError(type, type + ": " + message, "");
   }
   if (r.kind == "#TRACEBACK" || r.kind == "#UNSERIALIZABLE") {
@@ -203,16 +260,18 @@ connection::Options client_options(const Bytes& authkey) {
   return o;
 }
 
-Reply roundtrip(Connection& c, const Value& ident, std::string_view name, const Value& args) {
-  const Bytes request = encode_request(ident, name, args);
+Reply roundtrip(Connection& c, const Value& ident, std::string_view name, const Value& args,
+                const Value& kwds = Value::dict()) {
+  const Bytes request = encode_request(ident, name, args, kwds);
   c.send_bytes(request);
   return decode_reply(c.recv_bytes(kMaxMessage));
 }
 
 // A control request on a connection of its own (as CPython's dispatch() does).
-Value control(const Address& address, const Bytes& authkey, std::string_view name, const Value& args) {
+Value control(const Address& address, const Bytes& authkey, std::string_view name, const Value& args,
+              const Value& kwds = Value::dict()) {
   Connection c = connection::Client(address, client_options(authkey));
-  Reply r = roundtrip(c, Value(), name, args);
+  Reply r = roundtrip(c, Value(), name, args, kwds);
   c.close();
   if (r.kind != "#RETURN") raise_remote(r);
   return r.payload;
@@ -227,7 +286,41 @@ std::string proxy_name() {
   }
 }
 
+// The manager whose reply this thread read last: a proxy found in that reply (pickled by CPython
+// without its authkey, as it is outside spawning) is rebuilt with that manager's key rather than
+// this process's, which a C++ client's manager rarely shares.
+thread_local std::optional<std::pair<Address, Bytes>> last_reply_manager;
+
 }  // namespace
+
+namespace detail::managers {
+
+Value load_reply(std::span<const std::byte> raw) {
+  Value v;
+  try {
+    v = pd::load_manager_value(raw);
+  } catch (const std::invalid_argument& e) {
+    // An exception of a class outside the allow-list (queue.Empty, threading.BrokenBarrierError)
+    // in an '#ERROR' reply: it surfaces under its name, with no arguments (nothing is imported).
+    // The reply's first item must be the string '#ERROR' (SHORT_BINUNICODE or BINUNICODE).
+    static constexpr std::string_view kRefused = "refusing to load global '";
+    static constexpr std::string_view kShort("\x8c\x06#ERROR", 8), kLong("X\x06\x00\x00\x00#ERROR", 11);
+    const std::string what = e.what();
+    const auto at = what.find(kRefused);
+    const std::string_view head(reinterpret_cast<const char*>(raw.data()), std::min<std::size_t>(raw.size(), 24));
+    if (at == std::string::npos || (head.find(kShort) == std::string_view::npos && head.find(kLong) == std::string_view::npos))
+      throw;
+    const auto from = at + kRefused.size();
+    const auto to = what.find('\'', from);
+    const std::string name = what.substr(from, to == std::string::npos ? std::string::npos : to - from);
+    return Value::tuple({Value("#ERROR"), Value::tuple({Value(mp::bytes(pd::kObjectTag)), Value(name), Value::tuple(), Value()})});
+  }
+  if (v.type_name() != "tuple" || v.size() != 2 || !v[std::size_t{0}].is<std::string>())
+    throw std::invalid_argument("not a (kind, payload) tuple: " + v.repr().substr(0, 200));
+  return v;
+}
+
+}  // namespace detail::managers
 
 // ============================== BaseProxy ==============================
 
@@ -297,6 +390,8 @@ Value BaseProxy::call(std::string_view name, const Value& args) {
     p.channel_owner = detail::posix::own_pid();
   }
   Reply r = roundtrip(p.channel, Value(p.token.id), name, args);
+  if (!last_reply_manager || !(last_reply_manager->first == p.token.address) || last_reply_manager->second != p.authkey)
+    last_reply_manager.emplace(p.token.address, p.authkey);
   if (r.kind == "#RETURN") return r.payload;
   if (r.kind == "#PROXY") return Value::tuple({Value("#PROXY"), r.payload});
   raise_remote(r);
@@ -315,6 +410,72 @@ BaseProxy BaseProxy::proxy_from(const Value& reply) const {
   const Value& state = token[3];
   Token t{state[std::size_t{0}].as<std::string>(), impl_->token.address, state[2].as<std::string>()};
   return BaseProxy(std::move(t), impl_->authkey, payload[std::size_t{0}].as<std::vector<std::string>>());
+}
+
+namespace {
+// The proxy class CPython's SyncManager uses for a typeid (AutoProxy for the others).
+std::string proxy_class_of(const std::string& type_id) {
+  static const std::map<std::string, std::string, std::less<>> classes = {
+      {"dict", "DictProxy"},           {"list", "ListProxy"},          {"Namespace", "NamespaceProxy"},
+      {"Value", "ValueProxy"},         {"Lock", "AcquirerProxy"},      {"RLock", "AcquirerProxy"},
+      {"Semaphore", "AcquirerProxy"},  {"BoundedSemaphore", "AcquirerProxy"},
+      {"Condition", "ConditionProxy"}, {"Event", "EventProxy"},        {"Barrier", "BarrierProxy"},
+      {"Array", "ArrayProxy"},         {"Iterator", "IteratorProxy"},  {"Pool", "PoolProxy"}};
+  auto it = classes.find(type_id);
+  return it == classes.end() ? "AutoProxy" : it->second;
+}
+Value tag() { return Value(mp::bytes(pd::kObjectTag)); }
+Value address_to_value(const Address& a) {
+  if (a.family() == "AF_INET") return Value::tuple({Value(a.host()), Value(static_cast<std::int64_t>(a.port()))});
+  if (a.is_abstract()) return Value(mp::bytes(a.path()));
+  return Value(a.path());
+}
+Address address_from_value(const Value& v) {
+  if (v.type_name() == "tuple" && v.size() == 2) return Address(v[std::size_t{0}].as<std::string>(), v[1].as<std::uint16_t>());
+  if (v.is<std::string>()) return Address(v.as<std::string>());
+  if (v.is<Bytes>()) {
+    const Bytes b = v.as<Bytes>();
+    return Address(std::string(reinterpret_cast<const char*>(b.data()), b.size()));
+  }
+  throw std::invalid_argument("a pickled proxy's Token has an address of an unknown form: " + v.repr());
+}
+}  // namespace
+
+Value BaseProxy::reduce() const {
+  const Token& t = token();
+  std::vector<Value> names;
+  for (const auto& n : impl_->exposed) names.emplace_back(n);
+  const Value token_value = Value::tuple({tag(), Value("multiprocessing.managers.Token"), Value::tuple(),
+                                          Value::tuple({Value(t.type_id), address_to_value(t.address), Value(t.id)})});
+  const Value cls = Value::tuple({tag(), Value("multiprocessing.managers." + proxy_class_of(t.type_id))});
+  const Value kwds = Value::dict({{Value("exposed"), Value::tuple(std::move(names))}, {Value("authkey"), Value(impl_->authkey)}});
+  return Value::tuple({tag(), Value("multiprocessing.managers.RebuildProxy"),
+                       Value::tuple({cls, token_value, Value("pickle"), kwds}), Value()});
+}
+
+bool BaseProxy::is_reduced(const Value& v) {
+  return is_tagged(v) && v.size() == 4 && v[1].is<std::string>() &&
+         v[1].as<std::string>() == "multiprocessing.managers.RebuildProxy" && v[2].type_name() == "tuple" &&
+         v[2].size() == 4 && is_tagged(v[2][1]) && v[2][1].size() == 4 && v[2][1][3].type_name() == "tuple" &&
+         v[2][1][3].size() == 3 && v[2][3].type_name() == "dict";
+}
+
+BaseProxy BaseProxy::rebuild(const Value& v) {
+  if (!is_reduced(v)) throw std::invalid_argument("not a pickled proxy: " + v.repr());
+  const Value& state = v[2][1][3];
+  Token t{state[std::size_t{0}].as<std::string>(), address_from_value(state[1]), state[2].as<std::string>()};
+  const Value& kwds = v[2][3];
+  Bytes key = last_reply_manager && last_reply_manager->first == t.address ? last_reply_manager->second
+                                                                           : current_process().authkey();
+  std::vector<std::string> names;
+  for (auto& [k, x] : kwds.as<std::vector<std::pair<Value, Value>>>()) {
+    if (!k.is<std::string>()) continue;
+    if (k.as<std::string>() == "authkey" && x.is<Bytes>()) key = x.as<Bytes>();
+    if (k.as<std::string>() == "exposed" && !x.is_none()) names = x.as<std::vector<std::string>>();
+  }
+  // Our own reference, as CPython's RebuildProxy takes one (incref=True).
+  control(t.address, key, "incref", Value::tuple({Value(t.id)}));
+  return BaseProxy(std::move(t), std::move(key), std::move(names));
 }
 
 std::string BaseProxy::repr() { return call("__repr__", Value::tuple()).as<std::string>(); }
@@ -346,7 +507,9 @@ template <class T>
 std::shared_ptr<TypeInfo> make_type(const std::string& id, Value (*init)(T&, const Value& args)) {
   auto info = std::make_shared<TypeInfo>();
   info->type_id = id;
-  info->factory = [init](const Value& args) -> std::shared_ptr<void> {
+  info->cpp_type = &typeid(T);
+  info->factory = [init](const Value& args, const Value& kwds) -> std::shared_ptr<void> {
+    if (kwds.size() != 0) throw ArgumentCountError("takes no keyword arguments");
     auto obj = std::make_shared<T>();
     init(*obj, args);
     return obj;
@@ -400,6 +563,34 @@ struct Namespace {
 struct ValueBox {
   Value value;
 };
+
+// What dict.__iter__ returns (a '#PROXY' of typeid 'Iterator'): the keys as they were then.
+struct Iterator {
+  std::vector<Value> items;
+  std::size_t next = 0;
+};
+
+std::shared_ptr<TypeInfo> iterator_type() {
+  auto info = make_type<Iterator>("Iterator", +[](Iterator&, const Value&) -> Value {
+    throw std::invalid_argument("an Iterator is only made by a method (dict.__iter__)");
+  });
+  add<Iterator>(*info, "__next__", +[](Iterator& self, const Value& a) {
+    arity(a, 0, 0);
+    if (self.next >= self.items.size()) throw PythonError("builtins.StopIteration", Value::tuple(), "StopIteration");
+    return self.items[self.next++];
+  });
+  add<Iterator>(*info, "close", +[](Iterator& self, const Value& a) {
+    arity(a, 0, 0);
+    self.next = self.items.size();
+    return Value();
+  });
+  for (const char* name : {"send", "throw"})
+    add<Iterator>(*info, name, +[](Iterator&, const Value&) -> Value {
+      throw AttributeError("'list_iterator' object has no attribute 'send' or 'throw'");
+    });
+  info->exposed = {"__next__", "send", "throw", "close"};
+  return info;
+}
 
 std::shared_ptr<TypeInfo> dict_type() {
   auto info = make_type<Dict>("dict", +[](Dict& self, const Value& args) {
@@ -462,6 +653,12 @@ std::shared_ptr<TypeInfo> dict_type() {
     self.d = Value::dict(std::move(items));
     return Value::tuple({last.first, last.second});
   });
+  info->proxy_methods["__iter__"] = {"Iterator", [](void* self, const Value& a) -> std::shared_ptr<void> {
+    arity(a, 0, 0);
+    return std::make_shared<Iterator>(Iterator{static_cast<Dict*>(self)->list_of(0).as<std::vector<Value>>(), 0});
+  }};
+  info->exposed = {"__contains__", "__delitem__", "__getitem__", "__iter__", "__len__", "__setitem__", "clear", "copy",
+                   "get", "items", "keys", "pop", "popitem", "setdefault", "update", "values"};
   info->getvalue = [](void* self) { return static_cast<Dict*>(self)->d; };
   return info;
 }
@@ -544,10 +741,14 @@ std::shared_ptr<TypeInfo> list_type() {
 }
 
 std::shared_ptr<TypeInfo> namespace_type() {
-  auto info = make_type<Namespace>("Namespace", +[](Namespace&, const Value& args) {
-    arity(args, 0, 0);  // (CPython takes keyword arguments, which a C++ manager does not)
-    return Value();
-  });
+  auto info = make_type<Namespace>("Namespace", +[](Namespace&, const Value&) { return Value(); });
+  // Python: manager.Namespace(**kwds), the attributes to begin with.
+  info->factory = [](const Value& args, const Value& kwds) -> std::shared_ptr<void> {
+    arity(args, 0, 0);
+    auto ns = std::make_shared<Namespace>();
+    for (auto& [k, v] : kwds.as<std::vector<std::pair<Value, Value>>>()) ns->attributes.set_item(k, v);
+    return ns;
+  };
   add<Namespace>(*info, "__getattribute__", +[](Namespace& self, const Value& a) {
     arity(a, 1, 1);
     Dict view{self.attributes};
@@ -579,11 +780,17 @@ std::shared_ptr<TypeInfo> namespace_type() {
 
 std::shared_ptr<TypeInfo> value_type() {
   // CPython: Value(typecode, value) -> ValueProxy with get()/set() (the typecode is not checked).
-  auto info = make_type<ValueBox>("Value", +[](ValueBox& self, const Value& args) {
+  auto info = make_type<ValueBox>("Value", +[](ValueBox&, const Value&) { return Value(); });
+  // Python: Value(typecode, value, lock=True); the lock means nothing in a manager.
+  info->factory = [](const Value& args, const Value& kwds) -> std::shared_ptr<void> {
     arity(args, 1, 3);
-    self.value = args.size() >= 2 ? args[1] : Value();
-    return Value();
-  });
+    for (auto& [k, v] : kwds.as<std::vector<std::pair<Value, Value>>>())
+      if (!k.is<std::string>() || k.as<std::string>() != "lock")
+        throw ArgumentCountError("Value() got an unexpected keyword argument " + k.repr());
+    auto box = std::make_shared<ValueBox>();
+    box->value = args.size() >= 2 ? args[1] : Value();
+    return box;
+  };
   add<ValueBox>(*info, "get", +[](ValueBox& self, const Value& a) { arity(a, 0, 0); return self.value; });
   add<ValueBox>(*info, "set", +[](ValueBox& self, const Value& a) { arity(a, 1, 1); self.value = a[std::size_t{0}]; return Value(); });
   info->getvalue = [](void* self) { return static_cast<ValueBox*>(self)->value; };
@@ -592,14 +799,38 @@ std::shared_ptr<TypeInfo> value_type() {
 
 }  // namespace
 
-std::vector<std::shared_ptr<TypeInfo>> sync_types() { return {dict_type(), list_type(), namespace_type(), value_type()}; }
+std::vector<std::shared_ptr<TypeInfo>> sync_types() {
+  std::vector<std::shared_ptr<TypeInfo>> all{dict_type(), list_type(), namespace_type(), value_type(), iterator_type()};
+  for (auto& t : waiting_sync_types()) all.push_back(std::move(t));
+  return all;
+}
+
+std::vector<std::string> exposed_names(const TypeInfo& t) {
+  if (!t.exposed.empty()) return t.exposed;
+  std::vector<std::string> names;
+  for (const auto& [m, fn] : t.methods) names.push_back(m);
+  for (const auto& [m, fn] : t.methods_kw) names.push_back(m);
+  for (const auto& [m, fn] : t.proxy_methods) names.push_back(m);
+  std::sort(names.begin(), names.end());
+  return names;
+}
 
 }  // namespace detail::managers
 
 // ============================== Server ==============================
 
+namespace {
+thread_local Server::Impl* creating_in = nullptr;  // the server running a factory on this thread
+struct LocalObjects {
+  explicit LocalObjects(Server::Impl* s) : saved(creating_in) { creating_in = s; }
+  ~LocalObjects() { creating_in = saved; }
+  Server::Impl* saved;
+};
+}  // namespace
+
 struct Server::Impl {
   connection::Listener listener;
+  Address bound;  // the listener's address (still known once it is closed)
   Bytes authkey;
   std::map<std::string, std::shared_ptr<detail::managers::TypeInfo>, std::less<>> types;
 
@@ -623,13 +854,33 @@ struct Server::Impl {
       wake.second.send_bytes(std::string_view("x"));
     } catch (const std::exception&) {
     }
+    // Calls waiting in an object (Queue.get, Lock.acquire) fail now, so that their threads end.
+    std::lock_guard lock(table_mutex);
+    for (auto& [id, o] : objects)
+      if (o.type->cancel) o.type->cancel(o.object.get());
+  }
+
+  // Adds an object with one reference (the creator's); returns its id.
+  std::string add_object(std::shared_ptr<void> obj, const detail::managers::TypeInfo* type) {
+    std::lock_guard lock(table_mutex);
+    char id[32];
+    std::snprintf(id, sizeof id, "%llx", static_cast<unsigned long long>(next_id++));
+    // Made while stopping: it must not wait either.
+    if (stop.load() && type->cancel) type->cancel(obj.get());
+    objects[id] = Object{std::move(obj), type, 1, std::make_shared<std::mutex>()};
+    return id;
+  }
+  static Value exposed_tuple(const detail::managers::TypeInfo& t) {
+    std::vector<Value> names;
+    for (auto& n : detail::managers::exposed_names(t)) names.emplace_back(std::move(n));
+    return Value::tuple(std::move(names));
   }
 
   std::mutex threads_mutex;
   std::list<std::pair<std::thread, std::shared_ptr<std::atomic<bool>>>> threads;
 
   // Reply to one message; returns false when the connection should close afterwards.
-  Value handle_control(std::string_view name, const Value& args) {
+  Value handle_control(std::string_view name, const Value& args, const Value& kwds) {
     if (name == "dummy") return Value();
     if (name == "create") {
       if (args.size() < 1 || !args[std::size_t{0}].is<std::string>())
@@ -639,14 +890,15 @@ struct Server::Impl {
       if (it == types.end()) throw std::domain_error("unknown typeid '" + type_id + "'");
       std::vector<Value> ctor;
       for (std::size_t i = 1; i < args.size(); ++i) ctor.push_back(args[i]);
-      std::shared_ptr<void> obj = it->second->factory(Value::tuple(std::move(ctor)));
-      std::vector<Value> exposed;
-      for (const auto& [m, fn] : it->second->methods) exposed.emplace_back(m);
-      std::lock_guard lock(table_mutex);
-      char id[32];
-      std::snprintf(id, sizeof id, "%llx", static_cast<unsigned long long>(next_id++));
-      objects[id] = Object{std::move(obj), it->second.get(), 1, std::make_shared<std::mutex>()};
-      return Value::tuple({Value(std::string(id)), Value::tuple(std::move(exposed))});
+      std::shared_ptr<void> obj;
+      {
+        // A constructor argument may be a proxy of an object in this manager (Condition(lock)).
+        LocalObjects scope(this);
+        obj = it->second->factory(Value::tuple(std::move(ctor)), kwds);
+      }
+      const std::string id = add_object(std::move(obj), it->second.get());
+      if (get_logger().is_enabled_for(levels::debug)) get_logger().debug("manager created a " + type_id + " object with id " + id);
+      return Value::tuple({Value(id), exposed_tuple(*it->second)});
     }
     if (name == "incref" || name == "decref") {
       if (args.size() != 1 || !args[std::size_t{0}].is<std::string>()) throw std::invalid_argument(std::string(name) + " needs an id");
@@ -659,9 +911,11 @@ struct Server::Impl {
       if (it->second.refcount <= 0) {
         dropped = std::move(it->second.object);
         objects.erase(it);
+        if (get_logger().is_enabled_for(levels::debug)) get_logger().debug("manager disposing of object with id " + id);
       }
       return Value();
     }
+    if (kwds.size() != 0) throw detail::managers::ArgumentCountError(std::string(name) + "() takes no keyword arguments");
     if (name == "number_of_objects") {
       std::lock_guard lock(table_mutex);
       return Value(static_cast<std::int64_t>(objects.size()));
@@ -681,9 +935,7 @@ struct Server::Impl {
       std::lock_guard lock(table_mutex);
       auto it = objects.find(id);
       if (it == objects.end()) throw std::domain_error("KeyError: '" + id + "' (no such object)");
-      std::vector<Value> names;
-      for (const auto& [m, fn] : it->second.type->methods) names.emplace_back(m);
-      return Value::tuple(std::move(names));
+      return exposed_tuple(*it->second.type);
     }
     throw std::domain_error("unrecognized control request '" + std::string(name) + "'");
   }
@@ -693,6 +945,7 @@ struct Server::Impl {
     const std::string id = request[std::size_t{0}].as<std::string>();
     const std::string name = request[1].as<std::string>();
     const Value& args = request[2];
+    const Value& kwds = request[3];
     Object obj;
     {
       std::lock_guard lock(table_mutex);
@@ -700,30 +953,49 @@ struct Server::Impl {
       if (it == objects.end()) return traceback_reply("KeyError", "'" + id + "' (no such object in the manager)");
       obj = it->second;
     }
+    const detail::managers::TypeInfo& type = *obj.type;
     const detail::managers::Method* method = nullptr;
+    const detail::managers::MethodKw* method_kw = nullptr;
+    const std::pair<std::string, detail::managers::ProxyMethod>* proxy_method = nullptr;
     if (name != "#GETVALUE" && name != "__repr__" && name != "__str__") {
-      auto m = obj.type->methods.find(name);
-      if (m == obj.type->methods.end())
-        return traceback_reply("AttributeError",
-                               "method '" + name + "' of '" + obj.type->type_id + "' object is not in exposed=" +
-                                   exposed_repr(*obj.type));
-      method = &m->second;
-    }
-    if (request[3].size() != 0) return error_reply("TypeError", name + "() takes no keyword arguments in a C++ manager");
-    Value result;
-    try {
-      std::lock_guard lock(*obj.mutex);
-      if (name == "#GETVALUE") {
-        if (!obj.type->getvalue)
-          return kind_reply("#UNSERIALIZABLE", traceback_text("TypeError", "cannot pickle '" + obj.type->type_id + "' object"));
-        result = obj.type->getvalue(obj.object.get());
-      } else if (name == "__repr__" || name == "__str__") {
-        result = Value("<" + obj.type->type_id + " object in a C++ manager, id " + id + ">");
+      if (auto m = type.methods.find(name); m != type.methods.end()) {
+        method = &m->second;
+      } else if (auto k = type.methods_kw.find(name); k != type.methods_kw.end()) {
+        method_kw = &k->second;
+      } else if (auto p = type.proxy_methods.find(name); p != type.proxy_methods.end()) {
+        proxy_method = &p->second;
       } else {
+        return traceback_reply("AttributeError",
+                               "method '" + name + "' of '" + type.type_id + "' object is not in exposed=" + exposed_repr(type));
+      }
+    }
+    if (kwds.size() != 0 && method_kw == nullptr)
+      return error_reply("TypeError", name + "() takes no keyword arguments in a C++ manager");
+    Value result;
+    std::shared_ptr<void> made;  // a proxy method's new object
+    try {
+      // A waiting type synchronizes on its own: holding the object's mutex while Queue.get waits
+      // would keep Queue.put from ever running.
+      std::unique_lock<std::mutex> lock;
+      if (!type.waits) lock = std::unique_lock<std::mutex>(*obj.mutex);
+      if (name == "#GETVALUE") {
+        if (!type.getvalue)
+          return kind_reply("#UNSERIALIZABLE", traceback_text("TypeError", "cannot pickle '" + type.type_id + "' object"));
+        result = type.getvalue(obj.object.get());
+      } else if (name == "__repr__" || name == "__str__") {
+        result = Value("<" + type.type_id + " object in a C++ manager, id " + id + ">");
+      } else if (method != nullptr) {
         result = (*method)(obj.object.get(), args);
+      } else if (method_kw != nullptr) {
+        result = (*method_kw)(obj.object.get(), args, kwds);
+      } else {
+        made = proxy_method->second(obj.object.get(), args);
       }
     } catch (const detail::managers::ArgumentCountError& e) {
       return error_reply("TypeError", name + "() " + e.what());
+    } catch (const detail::managers::PythonError& e) {
+      return encode_with_objects(Value::tuple(
+          {Value("#ERROR"), Value::tuple({Value(mp::bytes(pd::kObjectTag)), Value(e.type), e.args, Value()})}));
     } catch (const detail::managers::KeyError& e) {
       return encode_with_objects(Value::tuple({Value("#ERROR"), Value::tuple({Value(mp::bytes(pd::kObjectTag)),
                                  Value("builtins.KeyError"), Value::tuple({e.key}), Value()})}));
@@ -738,16 +1010,30 @@ struct Server::Impl {
     } catch (const std::exception& e) {
       return error_reply("RuntimeError", e.what());
     }
-    // A Python object (a Namespace's value) goes out as itself; everything else as plain data.
-    if (is_tagged(result)) return encode_with_objects(Value::tuple({Value("#RETURN"), result}));
+    if (proxy_method != nullptr) return proxy_reply(proxy_method->first, std::move(made));
+    // Python objects (a Namespace, an array, a pickled proxy) go out as themselves; everything
+    // else as plain data, byte-identical to CPython's.
+    if (holds_tagged(result)) return encode_with_objects(Value::tuple({Value("#RETURN"), result}));
     return kind_reply("#RETURN", result);
   }
 
-  static std::string exposed_repr(const detail::managers::TypeInfo& t) {
-    std::vector<Value> names;
-    for (const auto& [m, fn] : t.methods) names.emplace_back(m);
-    return Value::tuple(std::move(names)).repr();
+  // ('#PROXY', (exposed, Token)) for a new object of type_id holding one reference, which the
+  // client's proxy takes over (CPython's client increfs and then decrefs the server's; the same).
+  std::string proxy_reply(const std::string& type_id, std::shared_ptr<void> made) {
+    auto t = types.find(type_id);
+    if (t == types.end())
+      return traceback_reply("KeyError", "method_to_typeid names '" + type_id + "', which is not registered");
+    const detail::managers::TypeInfo& target = *t->second;
+    if (target.cpp_type == nullptr)
+      return traceback_reply("TypeError", "typeid '" + type_id + "' cannot hold a method's result");
+    const std::string new_id = add_object(std::move(made), &target);
+    const Value token = Value::tuple({Value(mp::bytes(pd::kObjectTag)), Value("multiprocessing.managers.Token"), Value::tuple(),
+                                      Value::tuple({Value(type_id), address_value(), Value(new_id)})});
+    return encode_with_objects(Value::tuple({Value("#PROXY"), Value::tuple({exposed_tuple(target), token})}));
   }
+  Value address_value() const { return address_to_value(bound); }
+
+  static std::string exposed_repr(const detail::managers::TypeInfo& t) { return exposed_tuple(t).repr(); }
   static std::string kind_reply(std::string_view kind, const Value& payload) {
     try {
       const Bytes b = pickle::dumps(Value::tuple({Value(std::string(kind)), payload}));
@@ -757,7 +1043,7 @@ struct Server::Impl {
     }
   }
   static std::string error_reply(std::string_view python_type, std::string message) {
-    return encode_with_objects(Value::tuple({Value("#ERROR"), tagged_exception(python_type, std::move(message))}));
+    return encode_with_objects(Value::tuple({Value("#ERROR"), tagged_exception(python_type, utf8_text(message))}));
   }
   static std::string traceback_reply(std::string_view python_type, std::string_view message) {
     return kind_reply("#TRACEBACK", Value(traceback_text(python_type, message)));
@@ -774,14 +1060,9 @@ struct Server::Impl {
     try {
       if (!wait_message(c)) return;
       Value request;
-      try {
-        request = pd::load_manager_value(c.recv_bytes(kMaxMessage));
-      } catch (const std::invalid_argument& e) {
-        c.send_bytes(traceback_reply("ValueError", std::string("bad request: ") + e.what()));
-        return;
-      }
-      if (!valid_request(request)) {
-        c.send_bytes(traceback_reply("ValueError", "bad request: expected (ident, methodname, args, kwds)"));
+      std::string refusal;
+      if (!decode_request(c.recv_bytes(kMaxMessage), request, refusal)) {
+        c.send_bytes(refusal);
         return;
       }
       const std::string name = request[1].as<std::string>();
@@ -803,17 +1084,35 @@ struct Server::Impl {
         serve_channel(c);
         return;
       }
-      std::string reply;
-      try {
-        reply = kind_reply("#RETURN", handle_control(name, request[2]));
-      } catch (const detail::managers::ArgumentCountError& e) {
-        reply = traceback_reply("TypeError", e.what());
-      } catch (const std::exception& e) {
-        reply = traceback_reply("Exception", e.what());
-      }
-      c.send_bytes(reply);
+      c.send_bytes(control_reply(name, request));
     } catch (const std::exception&) {
       // The client went away (EOF, EPIPE, ECONNRESET) or sent a bad frame: only its connection ends.
+    }
+  }
+
+  // Decodes one request message; false, with the reply to send, when it is not a request.
+  static bool decode_request(std::span<const std::byte> raw, Value& request, std::string& refusal) {
+    try {
+      request = pd::load_manager_value(raw);
+    } catch (const std::invalid_argument& e) {
+      refusal = traceback_reply("ValueError", std::string("bad request: ") + e.what());
+      return false;
+    }
+    if (!valid_request(request)) {
+      refusal = traceback_reply("ValueError", "bad request: expected (ident, methodname, args, kwds)");
+      return false;
+    }
+    return true;
+  }
+
+  // The reply to a control request other than shutdown and accept_connection.
+  std::string control_reply(std::string_view name, const Value& request) {
+    try {
+      return kind_reply("#RETURN", handle_control(name, request[2], request[3]));
+    } catch (const detail::managers::ArgumentCountError& e) {
+      return traceback_reply("TypeError", e.what());
+    } catch (const std::exception& e) {
+      return traceback_reply("Exception", e.what());
     }
   }
 
@@ -825,15 +1124,12 @@ struct Server::Impl {
   void serve_channel(Connection& c) {
     while (wait_message(c)) {
       std::string reply;
-      try {
-        Value request = pd::load_manager_value(c.recv_bytes(kMaxMessage));
-        if (!valid_request(request) || request[std::size_t{0}].is_none()) {
-          reply = traceback_reply("ValueError", "bad request on a method-call channel");
-        } else {
-          reply = handle_call(request);
-        }
-      } catch (const std::invalid_argument& e) {
-        reply = traceback_reply("ValueError", std::string("bad request: ") + e.what());
+      Value request;
+      if (!decode_request(c.recv_bytes(kMaxMessage), request, reply)) {
+      } else if (request[std::size_t{0}].is_none()) {
+        reply = traceback_reply("ValueError", "bad request on a method-call channel");
+      } else {
+        reply = handle_call(request);
       }
       c.send_bytes(reply);
     }
@@ -871,6 +1167,12 @@ struct Server::Impl {
       threads.emplace_back(std::move(t), done);
     }
     reap(true);
+    // Clients that come later (a proxy's last decref) are refused at once instead of waiting in
+    // the backlog for a handshake that never comes.
+    try {
+      listener.close();
+    } catch (const std::exception&) {
+    }
   }
 };
 
@@ -881,8 +1183,50 @@ void Server::serve_forever() {
 
 connection::Address Server::address() const {
   if (!impl_) throw std::logic_error("Server: empty server");
-  return impl_->listener.address();
+  return impl_->bound;
 }
+
+namespace detail::managers {
+
+RequestSandbox::RequestSandbox() : impl_(std::make_shared<Server::Impl>()) {
+  for (auto& t : sync_types()) impl_->types[t->type_id] = t;
+  // As a stopping server: every waiting object is cancelled when it is made, so no call waits.
+  impl_->stop.store(true);
+}
+RequestSandbox::~RequestSandbox() = default;
+
+void RequestSandbox::reset() {
+  std::map<std::string, Server::Impl::Object, std::less<>> dropped;  // destroyed outside the lock
+  std::lock_guard lock(impl_->table_mutex);
+  dropped.swap(impl_->objects);
+  impl_->next_id = 0x10000;
+}
+
+std::string RequestSandbox::handle(std::span<const std::byte> message) {
+  Value request;
+  std::string reply;
+  if (!Server::Impl::decode_request(message, request, reply)) return reply;
+  if (!request[std::size_t{0}].is_none()) return impl_->handle_call(request);
+  const std::string name = request[1].as<std::string>();
+  if (name == "shutdown" || name == "accept_connection") return Server::Impl::kind_reply("#RETURN", Value());
+  return impl_->control_reply(name, request);
+}
+
+}  // namespace detail::managers
+
+namespace detail::managers {
+
+std::pair<std::shared_ptr<void>, const TypeInfo*> local_object(const Value& v) {
+  if (creating_in == nullptr || !BaseProxy::is_reduced(v)) return {nullptr, nullptr};
+  const Value& id = v[2][1][3][2];
+  if (!id.is<std::string>()) return {nullptr, nullptr};
+  std::lock_guard lock(creating_in->table_mutex);
+  auto it = creating_in->objects.find(id.as<std::string>());
+  if (it == creating_in->objects.end()) return {nullptr, nullptr};
+  return {it->second.object, it->second.type};
+}
+
+}  // namespace detail::managers
 
 // ============================== BaseManager ==============================
 
@@ -931,7 +1275,8 @@ Server BaseManager::get_server() {
   s->listener = connection::Listener(impl_->address, o);
   s->authkey = impl_->authkey;
   s->types = impl_->types;
-  impl_->address = s->listener.address();
+  s->bound = s->listener.address();
+  impl_->address = s->bound;
   return Server(std::move(s));
 }
 
@@ -986,10 +1331,10 @@ Address BaseManager::address() const {
 }
 const Bytes& BaseManager::authkey() const { return impl_->authkey; }
 
-BaseProxy BaseManager::create_value(std::string_view type_id, const Value& args) {
+BaseProxy BaseManager::create_value(std::string_view type_id, const Value& args, const Value& kwds) {
   std::vector<Value> all{Value(std::string(type_id))};
   for (std::size_t i = 0; i < args.size(); ++i) all.push_back(args[i]);
-  Value r = control(address(), impl_->authkey, "create", Value::tuple(std::move(all)));
+  Value r = control(address(), impl_->authkey, "create", Value::tuple(std::move(all)), kwds);
   if (r.type_name() != "tuple" || r.size() != 2) throw RemoteError("RemoteError", "manager: malformed create reply", r.repr());
   return BaseProxy(Token{std::string(type_id), address(), r[std::size_t{0}].as<std::string>()}, impl_->authkey,
                    r[1].as<std::vector<std::string>>());

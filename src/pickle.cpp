@@ -115,7 +115,7 @@ bool double_equals_big(double d, std::string_view le) {
   return double_to_twos(d) == le;
 }
 
-std::size_t hash_bytes(std::string_view s) { return std::hash<std::string_view>{}(s); }
+std::size_t hash_bytes(std::string_view s) { return hash_text(s); }
 
 // Numbers that compare equal hash equal: integral values by their integer value, others by bits.
 std::size_t hash_int(std::int64_t i) { return mix(static_cast<std::size_t>(i)); }
@@ -378,7 +378,7 @@ std::size_t find_in(const Container& c, const Value& key, std::size_t hash, std:
     }
   }
   if (Raw::kind(key) == kStr) {  // the common case: a str key, compared without the general rules
-    const std::string& text = Raw::text(key);
+    const std::string_view text = Raw::text(key);
     for (std::size_t i = 0; i < c.items.size(); i += step)
       if (Raw::kind(c.items[i]) == kStr && Raw::text(c.items[i]) == text) return i;
     return kNpos;
@@ -402,7 +402,47 @@ void check_hashable(const Value& v) {
 }
 }  // namespace
 
+namespace {
+// find_in over the index (not empty): the key's position, or kNpos with `empty` set to the slot
+// where it would be placed.
+std::size_t probe(const Container& c, const Value& key, std::size_t hash, std::size_t& empty) {
+  const std::size_t mask = c.index.size() - 1;
+  const std::uint64_t high = static_cast<std::uint64_t>(hash) << 32;
+  const bool str = Raw::kind(key) == kStr;
+  for (std::size_t i = static_cast<std::uint32_t>(hash) & mask;; i = (i + 1) & mask) {
+    const std::uint64_t slot = c.index[i];
+    if (slot == 0) {
+      empty = i;
+      return kNpos;
+    }
+    if ((slot & 0xffffffff00000000ULL) != high) continue;
+    const std::size_t pos = static_cast<std::size_t>(slot & 0xffffffffu) - 1;
+    const Value& there = c.items[pos];
+    if (str && Raw::kind(there) == kStr) {
+      if (Raw::text(there) == Raw::text(key)) return pos;
+      continue;
+    }
+    if (values_equal(there, key)) return pos;
+  }
+}
+}  // namespace
+
 void dict_set(Container& c, Value&& key, Value&& value) {
+  if (!c.index.empty() && 2 * (c.items.size() / 2 + 1) < c.index.size()) {  // room in the index: one probe
+    const std::size_t h = hash_value(key);
+    std::size_t empty = 0;
+    const std::size_t at = probe(c, key, h, empty);
+    if (at != kNpos) {
+      c.items[at + 1] = std::move(value);
+      return;
+    }
+    const std::size_t pos = c.items.size();
+    if (pos + 1 >= 0xffffffffu) throw std::length_error("pickle: a dict or set of more than 2**32 entries");
+    c.items.push_back(std::move(key));
+    c.items.push_back(std::move(value));
+    c.index[empty] = slot_of(h, pos);
+    return;
+  }
   if (c.index.empty() && c.items.size() / 2 + 1 < kIndexThreshold) {  // stays small: a linear scan
     check_hashable(key);
     const std::size_t at = find_in(c, key, 0, 2);
@@ -455,32 +495,28 @@ bool set_add(Container& c, Value&& item) {
   return true;
 }
 
+// ---- boxes ----
+
+TextBox* new_text_box(std::string_view t) {
+  void* mem = ::operator new(sizeof(TextBox) + t.size());
+  auto* b = new (mem) TextBox;
+  b->size = t.size();
+  std::memcpy(b->data(), t.data(), t.size());
+  return b;
+}
+
+void destroy_box(Counted* c, unsigned kind) noexcept {
+  if (kind >= kList) {
+    delete static_cast<Container*>(c);
+  } else {
+    auto* t = static_cast<TextBox*>(c);
+    t->~TextBox();
+    ::operator delete(t);
+  }
+}
+
 // ---- Raw ----
 
-Kind Raw::kind(const Value& v) noexcept { return static_cast<Kind>(v.kind_); }
-bool Raw::get_bool(const Value& v) noexcept { return v.bool_; }
-std::int64_t Raw::get_int(const Value& v) noexcept { return v.int_; }
-double Raw::get_float(const Value& v) noexcept { return v.float_; }
-const std::string& Raw::text(const Value& v) noexcept { return v.text_; }
-Container* Raw::container(const Value& v) noexcept { return v.items_.get(); }
-long Raw::container_use_count(const Value& v) noexcept { return v.items_.use_count(); }
-
-Value Raw::make_str_unchecked(std::string s) {
-  Value v;
-  v.kind_ = Value::Kind::str;
-  v.text_ = std::move(s);
-  return v;
-}
-void Raw::assign_text(Value& v, Kind kind, std::string_view t) {
-  v.kind_ = static_cast<Value::Kind>(kind);
-  v.text_.assign(t.data(), t.size());
-}
-Value Raw::make_bytes(std::string s) {
-  Value v;
-  v.kind_ = Value::Kind::bytes;
-  v.text_ = std::move(s);
-  return v;
-}
 Value Raw::make_int_from_twos(std::string_view le) {
   std::string bytes(le);
   minimize_twos(bytes);
@@ -491,19 +527,17 @@ Value Raw::make_int_from_twos(std::string_view le) {
       u &= ~(std::uint64_t{0xff} << (8 * i));
       u |= static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
     }
-    v.kind_ = Value::Kind::integer;
-    v.int_ = static_cast<std::int64_t>(u);
+    set_int(v, static_cast<std::int64_t>(u));
   } else {
-    v.kind_ = Value::Kind::big_integer;
-    v.text_ = std::move(bytes);
+    assign_text(v, kBigInt, bytes);
   }
   return v;
 }
 Value Raw::make_container(Kind kind, std::vector<Value> items) {
   Value v;
-  v.kind_ = static_cast<Value::Kind>(kind);
-  v.items_ = std::make_shared<Container>();
-  v.items_->items = std::move(items);
+  auto* c = new Container;
+  c->items = std::move(items);
+  adopt_container(v, kind, c);
   return v;
 }
 
@@ -511,14 +545,12 @@ Value Raw::make_container(Kind kind, std::vector<Value> items) {
 
 Value ValueAccess::boolean(bool b) {
   Value v;
-  v.kind_ = Value::Kind::boolean;
-  v.bool_ = b;
+  Raw::set_bool(v, b);
   return v;
 }
 Value ValueAccess::integer(std::int64_t i) {
   Value v;
-  v.kind_ = Value::Kind::integer;
-  v.int_ = i;
+  Raw::set_int(v, i);
   return v;
 }
 Value ValueAccess::unsigned_integer(std::uint64_t u) {
@@ -530,31 +562,30 @@ Value ValueAccess::unsigned_integer(std::uint64_t u) {
 }
 Value ValueAccess::floating(double d) {
   Value v;
-  v.kind_ = Value::Kind::floating;
-  v.float_ = d;
+  Raw::set_float(v, d);
   return v;
 }
 Value ValueAccess::str(std::string s) {
   if (!valid_utf8(s)) throw std::invalid_argument("pickle: a str must be valid UTF-8 (without surrogates)");
-  return Raw::make_str_unchecked(std::move(s));
+  return Raw::make_str_unchecked(s);
 }
 Value ValueAccess::bytes(std::span<const std::byte> b) {
-  return Raw::make_bytes(std::string(reinterpret_cast<const char*>(b.data()), b.size()));
+  return Raw::make_bytes(std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
 }
 
-bool ValueAccess::is_bool(const Value& v) noexcept { return v.kind_ == Value::Kind::boolean; }
+bool ValueAccess::is_bool(const Value& v) noexcept { return v.kind() == Value::Kind::boolean; }
 bool ValueAccess::is_int(const Value& v) noexcept {
-  return v.kind_ == Value::Kind::integer || v.kind_ == Value::Kind::big_integer;
+  return v.kind() == Value::Kind::integer || v.kind() == Value::Kind::big_integer;
 }
-bool ValueAccess::is_float(const Value& v) noexcept { return v.kind_ == Value::Kind::floating; }
-bool ValueAccess::is_str(const Value& v) noexcept { return v.kind_ == Value::Kind::str; }
-bool ValueAccess::is_bytes(const Value& v) noexcept { return v.kind_ == Value::Kind::bytes; }
-bool ValueAccess::is_list(const Value& v) noexcept { return v.kind_ == Value::Kind::list; }
-bool ValueAccess::is_tuple(const Value& v) noexcept { return v.kind_ == Value::Kind::tuple; }
-bool ValueAccess::is_dict(const Value& v) noexcept { return v.kind_ == Value::Kind::dict; }
-bool ValueAccess::is_set(const Value& v) noexcept { return v.kind_ == Value::Kind::set; }
+bool ValueAccess::is_float(const Value& v) noexcept { return v.kind() == Value::Kind::floating; }
+bool ValueAccess::is_str(const Value& v) noexcept { return v.kind() == Value::Kind::str; }
+bool ValueAccess::is_bytes(const Value& v) noexcept { return v.kind() == Value::Kind::bytes; }
+bool ValueAccess::is_list(const Value& v) noexcept { return v.kind() == Value::Kind::list; }
+bool ValueAccess::is_tuple(const Value& v) noexcept { return v.kind() == Value::Kind::tuple; }
+bool ValueAccess::is_dict(const Value& v) noexcept { return v.kind() == Value::Kind::dict; }
+bool ValueAccess::is_set(const Value& v) noexcept { return v.kind() == Value::Kind::set; }
 bool ValueAccess::is_any_set(const Value& v) noexcept {
-  return v.kind_ == Value::Kind::set || v.kind_ == Value::Kind::frozenset;
+  return v.kind() == Value::Kind::set || v.kind() == Value::Kind::frozenset;
 }
 
 void ValueAccess::mismatch(const Value& v, const char* wanted) {
@@ -565,25 +596,25 @@ void ValueAccess::out_of_range(const Value& v, const char* wanted) {
 }
 
 bool ValueAccess::get_bool(const Value& v) {
-  if (v.kind_ != Value::Kind::boolean) mismatch(v, "bool");
-  return v.bool_;
+  if (v.kind() != Value::Kind::boolean) mismatch(v, "bool");
+  return Raw::get_bool(v);
 }
 std::int64_t ValueAccess::get_int64(const Value& v, const char* wanted) {
-  switch (v.kind_) {
-    case Value::Kind::boolean: return v.bool_ ? 1 : 0;
-    case Value::Kind::integer: return v.int_;
+  switch (v.kind()) {
+    case Value::Kind::boolean: return Raw::get_bool(v) ? 1 : 0;
+    case Value::Kind::integer: return Raw::get_int(v);
     case Value::Kind::big_integer: out_of_range(v, "a 64-bit integer");
     default: mismatch(v, wanted);
   }
 }
 std::uint64_t ValueAccess::get_uint64(const Value& v, const char* wanted) {
-  switch (v.kind_) {
-    case Value::Kind::boolean: return v.bool_ ? 1 : 0;
+  switch (v.kind()) {
+    case Value::Kind::boolean: return Raw::get_bool(v) ? 1 : 0;
     case Value::Kind::integer:
-      if (v.int_ < 0) out_of_range(v, "an unsigned integer type");
-      return static_cast<std::uint64_t>(v.int_);
+      if (Raw::get_int(v) < 0) out_of_range(v, "an unsigned integer type");
+      return static_cast<std::uint64_t>(Raw::get_int(v));
     case Value::Kind::big_integer: {
-      const std::string& le = v.text_;
+      const std::string_view le = Raw::text(v);
       if (is_big_negative(le) || le.size() > 9 || (le.size() == 9 && le[8] != 0)) out_of_range(v, "a 64-bit unsigned integer");
       std::uint64_t u = 0;
       for (std::size_t i = 0; i < 8; ++i) u |= static_cast<std::uint64_t>(static_cast<unsigned char>(le[i])) << (8 * i);
@@ -593,14 +624,14 @@ std::uint64_t ValueAccess::get_uint64(const Value& v, const char* wanted) {
   }
 }
 double ValueAccess::get_double(const Value& v) {
-  switch (v.kind_) {
-    case Value::Kind::floating: return v.float_;
-    case Value::Kind::boolean: return v.bool_ ? 1.0 : 0.0;
-    case Value::Kind::integer: return static_cast<double>(v.int_);
+  switch (v.kind()) {
+    case Value::Kind::floating: return Raw::get_float(v);
+    case Value::Kind::boolean: return Raw::get_bool(v) ? 1.0 : 0.0;
+    case Value::Kind::integer: return static_cast<double>(Raw::get_int(v));
     case Value::Kind::big_integer: {
       // Correctly rounded, as Python's float(int): the top 64 bits of the magnitude with a
       // sticky bit for the rest, converted once and scaled.
-      const std::vector<std::uint32_t> limbs = magnitude_limbs(v.text_);
+      const std::vector<std::uint32_t> limbs = magnitude_limbs(Raw::text(v));
       const std::size_t bits = (limbs.size() - 1) * 32 + static_cast<std::size_t>(std::bit_width(limbs.back()));
       const std::size_t shift = bits - 64;
       std::uint64_t top = 0;
@@ -616,23 +647,25 @@ double ValueAccess::get_double(const Value& v) {
       if (sticky) top |= 1;
       const double d = std::ldexp(static_cast<double>(top), static_cast<int>(shift));
       if (std::isinf(d)) throw std::out_of_range("pickle: int too large to convert to float");
-      return is_big_negative(v.text_) ? -d : d;
+      return is_big_negative(Raw::text(v)) ? -d : d;
     }
     default: mismatch(v, "float");
   }
 }
-const std::string& ValueAccess::get_str(const Value& v) {
-  if (v.kind_ != Value::Kind::str) mismatch(v, "str");
-  return v.text_;
+std::string_view ValueAccess::get_str(const Value& v) {
+  if (v.kind() != Value::Kind::str) mismatch(v, "str");
+  return Raw::text(v);
 }
 Bytes ValueAccess::get_bytes(const Value& v) {
-  if (v.kind_ != Value::Kind::bytes) mismatch(v, "bytes");
-  const auto* p = reinterpret_cast<const std::byte*>(v.text_.data());
-  return Bytes(p, p + v.text_.size());
+  if (v.kind() != Value::Kind::bytes) mismatch(v, "bytes");
+  const std::string_view t = Raw::text(v);
+  const auto* p = reinterpret_cast<const std::byte*>(t.data());
+  return Bytes(p, p + t.size());
 }
 const std::vector<Value>& ValueAccess::items(const Value& v) noexcept {
   static const std::vector<Value> kEmpty;
-  return v.items_ ? v.items_->items : kEmpty;
+  const Container* c = Raw::container(v);
+  return c ? c->items : kEmpty;
 }
 
 // ---- check_expansion ----
@@ -666,32 +699,32 @@ void check_expansion(const Value& v, std::size_t budget) { Expansion{budget, {}}
 
 // ---- Value ----
 
-Value::Value() noexcept : int_(0) {}
-
 Value Value::list(std::vector<Value> items) { return Raw::make_container(detail::kList, std::move(items)); }
 Value Value::tuple(std::vector<Value> items) { return Raw::make_container(detail::kTuple, std::move(items)); }
 Value Value::dict(std::vector<std::pair<Value, Value>> items) {
   Value v = Raw::make_container(detail::kDict, {});
-  detail::reserve_entries(*v.items_, items.size(), 2);
-  for (auto& [k, x] : items) detail::dict_set(*v.items_, std::move(k), std::move(x));
+  Container& c = *Raw::container(v);
+  detail::reserve_entries(c, items.size(), 2);
+  for (auto& [k, x] : items) detail::dict_set(c, std::move(k), std::move(x));
   return v;
 }
 Value Value::set(std::vector<Value> items) {
   Value v = Raw::make_container(detail::kSet, {});
-  detail::reserve_entries(*v.items_, items.size(), 1);
-  for (auto& x : items) detail::set_add(*v.items_, std::move(x));
+  Container& c = *Raw::container(v);
+  detail::reserve_entries(c, items.size(), 1);
+  for (auto& x : items) detail::set_add(c, std::move(x));
   return v;
 }
 Value Value::frozenset(std::vector<Value> items) {
   Value v = set(std::move(items));
-  v.kind_ = Kind::frozenset;
+  Raw::set_container_kind(v, detail::kFrozenset);
   return v;
 }
 
-bool Value::is_none() const noexcept { return kind_ == Kind::none; }
+bool Value::is_none() const noexcept { return kind() == Kind::none; }
 
 std::string Value::type_name() const {
-  switch (kind_) {
+  switch (kind()) {
     case Kind::none: return "NoneType";
     case Kind::boolean: return "bool";
     case Kind::integer:
@@ -709,36 +742,36 @@ std::string Value::type_name() const {
 }
 
 const Value& Value::operator[](std::string_view key) const {
-  if (kind_ != Kind::dict)
+  if (kind() != Kind::dict)
     throw std::invalid_argument("pickle: '" + type_name() + "' object is not a dict (looking up '" + std::string(key) + "')");
-  const Container& c = *items_;
+  const Container& c = *Raw::container(*this);
   if (!c.index.empty()) {
-    const std::size_t at = detail::find_in(c, Raw::make_str_unchecked(std::string(key)),
-                                           std::hash<std::string_view>{}(key) ^ detail::kStrSalt, 2);
+    const std::size_t at = detail::find_in(c, Raw::make_str_unchecked(key),
+                                           detail::hash_text(key) ^ detail::kStrSalt, 2);
     if (at != static_cast<std::size_t>(-1)) return c.items[at + 1];
   } else {
     for (std::size_t i = 0; i + 1 < c.items.size(); i += 2)
-      if (c.items[i].kind_ == Kind::str && c.items[i].text_ == key) return c.items[i + 1];
+      if (c.items[i].kind() == Kind::str && Raw::text(c.items[i]) == key) return c.items[i + 1];
   }
   throw std::out_of_range("pickle: KeyError: '" + std::string(key) + "'");
 }
 
 const Value& Value::operator[](std::size_t index) const {
-  if (kind_ != Kind::list && kind_ != Kind::tuple)
+  if (kind() != Kind::list && kind() != Kind::tuple)
     throw std::invalid_argument("pickle: '" + type_name() + "' object is not a list or tuple");
-  if (index >= items_->items.size())
+  if (index >= Raw::container(*this)->items.size())
     throw std::out_of_range("pickle: " + type_name() + " index " + std::to_string(index) + " out of range (size " +
-                            std::to_string(items_->items.size()) + ")");
-  return items_->items[index];
+                            std::to_string(Raw::container(*this)->items.size()) + ")");
+  return Raw::container(*this)->items[index];
 }
 
 namespace {
 // Copy-on-write: a container shared with other Values is copied before it changes.
-void detach(std::shared_ptr<Container>& items) {
-  if (items.use_count() > 1) {
-    auto copy = std::make_shared<Container>(*items);
+void detach(Value& v) {
+  if (Raw::container_use_count(v) > 1) {
+    auto* copy = new Container(*Raw::container(v));
     copy->sealed = false;
-    items = std::move(copy);
+    Raw::adopt_container(v, Raw::kind(v), copy);
   } else {
     // the last other owner may have just let go in another thread: see its writes first
     std::atomic_thread_fence(std::memory_order_acquire);
@@ -747,29 +780,29 @@ void detach(std::shared_ptr<Container>& items) {
 }  // namespace
 
 void Value::set_item(Value key, Value value) {
-  if (kind_ != Kind::dict) throw std::logic_error("pickle: set_item on a '" + type_name() + "' (a dict is needed)");
+  if (kind() != Kind::dict) throw std::logic_error("pickle: set_item on a '" + type_name() + "' (a dict is needed)");
   (void)detail::hash_value(key);  // unhashable keys fail before anything changes
-  detach(items_);
-  detail::dict_set(*items_, std::move(key), std::move(value));
+  detach(*this);
+  detail::dict_set(*Raw::container(*this), std::move(key), std::move(value));
 }
 
 void Value::append(Value item) {
-  if (kind_ != Kind::list) throw std::logic_error("pickle: append on a '" + type_name() + "' (a list is needed)");
-  detach(items_);
-  items_->items.push_back(std::move(item));
+  if (kind() != Kind::list) throw std::logic_error("pickle: append on a '" + type_name() + "' (a list is needed)");
+  detach(*this);
+  Raw::container(*this)->items.push_back(std::move(item));
 }
 
 std::size_t Value::size() const {
-  switch (kind_) {
+  switch (kind()) {
     case Kind::str:
-      return static_cast<std::size_t>(std::count_if(text_.begin(), text_.end(),
+      return static_cast<std::size_t>(std::count_if(Raw::text(*this).begin(), Raw::text(*this).end(),
                                                     [](char c) { return (static_cast<unsigned char>(c) & 0xc0) != 0x80; }));
-    case Kind::bytes: return text_.size();
-    case Kind::dict: return items_->items.size() / 2;
+    case Kind::bytes: return Raw::text(*this).size();
+    case Kind::dict: return Raw::container(*this)->items.size() / 2;
     case Kind::list:
     case Kind::tuple:
     case Kind::set:
-    case Kind::frozenset: return items_->items.size();
+    case Kind::frozenset: return Raw::container(*this)->items.size();
     default: throw std::invalid_argument("pickle: object of type '" + type_name() + "' has no len()");
   }
 }
@@ -805,7 +838,7 @@ bool printable(std::uint32_t c) {
   return true;
 }
 
-void repr_str(std::string& out, const std::string& s) {
+void repr_str(std::string& out, std::string_view s) {
   const bool has_single = s.find('\'') != std::string::npos, has_double = s.find('"') != std::string::npos;
   const char quote = (has_single && !has_double) ? '"' : '\'';
   out += quote;
@@ -853,7 +886,7 @@ void repr_str(std::string& out, const std::string& s) {
   out += quote;
 }
 
-void repr_bytes(std::string& out, const std::string& s) {
+void repr_bytes(std::string& out, std::string_view s) {
   const bool has_single = s.find('\'') != std::string::npos, has_double = s.find('"') != std::string::npos;
   const char quote = (has_single && !has_double) ? '"' : '\'';
   out += 'b';

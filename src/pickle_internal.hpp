@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -15,26 +16,124 @@ using Kind = std::uint8_t;  // Value::Kind's values, seen from outside the class
 inline constexpr Kind kNone = 0, kBool = 1, kInt = 2, kBigInt = 3, kFloat = 4, kStr = 5, kBytes = 6,
                       kList = 7, kTuple = 8, kDict = 9, kSet = 10, kFrozenset = 11;
 
-/// Raw access for the reader and writer.
-struct Raw {
-  static Kind kind(const Value& v) noexcept;
-  static bool get_bool(const Value& v) noexcept;
-  static std::int64_t get_int(const Value& v) noexcept;
-  static double get_float(const Value& v) noexcept;
-  static const std::string& text(const Value& v) noexcept;  // str, bytes or big int bytes
-  static Container* container(const Value& v) noexcept;     // null for non-containers
-  static long container_use_count(const Value& v) noexcept;
+/// The out-of-line text of a str, bytes or big int longer than Value::kInlineText: the count, the
+/// size, then the bytes.
+struct TextBox : Counted {
+  std::size_t size = 0;
+  const char* data() const noexcept { return reinterpret_cast<const char*>(this + 1); }
+  char* data() noexcept { return reinterpret_cast<char*>(this + 1); }
+};
+/// A new box holding a copy of t (one reference).
+TextBox* new_text_box(std::string_view t);
 
-  static Value make_str_unchecked(std::string s);
-  static Value make_bytes(std::string s);
-  /// Makes v (None) a str or bytes holding t, in place (no Value is moved).
-  static void assign_text(Value& v, Kind kind, std::string_view t);
+/// Raw access for the reader and writer (inline: they use it for every item).
+struct Raw {
+  static Kind kind(const Value& v) noexcept { return static_cast<Kind>(v.rep_[0] & 0x7f); }
+  static bool get_bool(const Value& v) noexcept { return v.rep_[8] != 0; }
+  static std::int64_t get_int(const Value& v) noexcept {
+    std::int64_t i;
+    std::memcpy(&i, v.rep_ + 8, sizeof i);
+    return i;
+  }
+  static double get_float(const Value& v) noexcept {
+    double d;
+    std::memcpy(&d, v.rep_ + 8, sizeof d);
+    return d;
+  }
+  /// str, bytes or big int bytes (empty for other kinds).
+  static std::string_view text(const Value& v) noexcept {
+    const Kind k = kind(v);
+    if (k != kStr && k != kBytes && k != kBigInt) return {};  // (a moved-from text keeps its length byte)
+    if (!v.boxed()) return {reinterpret_cast<const char*>(v.rep_ + 2), v.rep_[1]};
+    const auto* b = static_cast<const TextBox*>(v.box());
+    return {b->data(), b->size};
+  }
+  /// null for non-containers
+  static Container* container(const Value& v) noexcept {
+    return kind(v) >= kList ? static_cast<Container*>(v.box()) : nullptr;
+  }
+  static long container_use_count(const Value& v) noexcept {
+    return v.boxed() ? static_cast<long>(v.box()->refs.load(std::memory_order_relaxed)) : 0;
+  }
+
+  // ---- building (v is overwritten) ----
+  static void set_scalar(Value& v, Kind kind, const void* payload, std::size_t n) noexcept {
+    v.release();
+    std::memset(v.rep_, 0, sizeof v.rep_);
+    v.rep_[0] = kind;
+    std::memcpy(v.rep_ + 8, payload, n);
+  }
+  static void set_int(Value& v, std::int64_t i) noexcept { set_scalar(v, kInt, &i, sizeof i); }
+  static void set_bool(Value& v, bool b) noexcept {
+    const unsigned char c = b ? 1 : 0;
+    set_scalar(v, kBool, &c, 1);
+  }
+  static void set_float(Value& v, double d) noexcept { set_scalar(v, kFloat, &d, sizeof d); }
+  /// Makes v a str, bytes or big int (kind) holding t.
+  static void assign_text(Value& v, Kind kind, std::string_view t) {
+    if (t.size() <= Value::kInlineText) {
+      v.release();
+      v.rep_[0] = kind;
+      v.rep_[1] = static_cast<unsigned char>(t.size());
+      if (!t.empty()) std::memcpy(v.rep_ + 2, t.data(), t.size());
+      return;
+    }
+    Counted* b = new_text_box(t);
+    v.release();
+    v.rep_[0] = static_cast<unsigned char>(kind | Value::kBoxed);
+    std::memcpy(v.rep_ + 8, &b, sizeof b);
+  }
+  /// Makes v a container of the given kind owning c (one reference, taken over).
+  static void adopt_container(Value& v, Kind kind, Container* c) noexcept {
+    Counted* b = c;
+    v.release();
+    v.rep_[0] = static_cast<unsigned char>(kind | Value::kBoxed);
+    std::memcpy(v.rep_ + 8, &b, sizeof b);
+  }
+  /// Changes the kind of a container (set -> frozenset).
+  static void set_container_kind(Value& v, Kind kind) noexcept {
+    v.rep_[0] = static_cast<unsigned char>(kind | Value::kBoxed);
+  }
+
+  static Value make_str_unchecked(std::string_view s) {
+    Value v;
+    assign_text(v, kStr, s);
+    return v;
+  }
+  static Value make_bytes(std::string_view s) {
+    Value v;
+    assign_text(v, kBytes, s);
+    return v;
+  }
   /// An int from minimal-or-not two's complement little-endian bytes (normalized).
   static Value make_int_from_twos(std::string_view le);
   /// A container of the given kind (list/tuple/dict/set/frozenset) holding `items` as they are
   /// (dict: key, value, ...; no duplicate checks: the caller inserts through the helpers below).
   static Value make_container(Kind kind, std::vector<Value> items);
 };
+
+/// The hash of a text (str, bytes, big int bytes): inline, as short keys are hashed for every dict
+/// entry read.
+inline std::size_t hash_text(std::string_view s) noexcept {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  std::size_t n = s.size();
+  std::uint64_t h = 0x9e3779b97f4a7c15ULL ^ (static_cast<std::uint64_t>(n) * 0xff51afd7ed558ccdULL);
+  while (n >= 8) {
+    std::uint64_t w;
+    std::memcpy(&w, p, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdULL;
+    h ^= h >> 32;
+    p += 8;
+    n -= 8;
+  }
+  std::uint64_t w = 0;
+  for (std::size_t k = 0; k < n; ++k) w |= static_cast<std::uint64_t>(p[k]) << (8 * k);
+  h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
+  h ^= h >> 29;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 32;
+  return static_cast<std::size_t>(h);
+}
 
 /// Python's hash, as far as equality needs it (equal values hash equal); std::invalid_argument
 /// ("unhashable type: 'list'") for list, dict, set and tuples holding them.

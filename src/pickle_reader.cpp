@@ -34,9 +34,6 @@ constexpr const char* kAllowed =
 struct Item {
   Value value;
   Global global = Global::none;
-  // For a str or bytes: 1 + the offset of the opcode that holds it (0: none), so that the memo
-  // can keep that offset instead of a copy and decode the opcode again on a memo reference.
-  std::uint32_t origin = 0;
 };
 
 std::string hex_byte(unsigned b) {
@@ -135,13 +132,13 @@ class Reader {
           stack_.push_back(std::move(copy));
           break;
         }
-        case 0x4e: push(Value()); break;                             // NONE
-        case 0x88: push(ValueAccess::boolean(true)); break;          // NEWTRUE
-        case 0x89: push(ValueAccess::boolean(false)); break;         // NEWFALSE
-        case 0x4b: push(ValueAccess::integer(read_u8())); break;     // BININT1
-        case 0x4d: push(ValueAccess::integer(static_cast<std::int64_t>(read_le(2)))); break;  // BININT2
+        case 0x4e: stack_.emplace_back(); break;                     // NONE
+        case 0x88: Raw::set_bool(stack_.emplace_back().value, true); break;   // NEWTRUE
+        case 0x89: Raw::set_bool(stack_.emplace_back().value, false); break;  // NEWFALSE
+        case 0x4b: push_int(read_u8()); break;                       // BININT1
+        case 0x4d: push_int(static_cast<std::int64_t>(read_le(2))); break;  // BININT2
         case 0x4a:                                                   // BININT
-          push(ValueAccess::integer(static_cast<std::int32_t>(static_cast<std::uint32_t>(read_le(4)))));
+          push_int(static_cast<std::int32_t>(static_cast<std::uint32_t>(read_le(4))));
           break;
         case 0x8a: push(Raw::make_int_from_twos(read_text(read_u8(), at))); break;  // LONG1
         case 0x8b: {                                                                // LONG4
@@ -154,7 +151,7 @@ class Reader {
           need(8, at);
           std::uint64_t bits = 0;
           for (int k = 0; k < 8; ++k) bits = (bits << 8) | data_[pos_++];
-          push(ValueAccess::floating(std::bit_cast<double>(bits)));
+          Raw::set_float(stack_.emplace_back().value, std::bit_cast<double>(bits));
           break;
         }
         case 0x8c: push_text(kStr, read_text(read_u8(), at), at); break;     // SHORT_BINUNICODE
@@ -358,7 +355,7 @@ class Reader {
   }
   template <class T>
   static void give_back(std::vector<T>& mine, std::vector<T>& spare) {
-    constexpr std::size_t kKeepBytes = 256 * 1024;
+    constexpr std::size_t kKeepBytes = 2 * 1024 * 1024;
     mine.clear();
     if (mine.capacity() * sizeof(T) <= kKeepBytes && mine.capacity() > spare.capacity()) mine.swap(spare);
   }
@@ -404,35 +401,13 @@ class Reader {
 
   // ---- stack ----
   std::size_t fence() const { return marks_.empty() ? 0 : marks_.back(); }
-  void push(Value&& v) { stack_.push_back(Item{std::move(v), Global::none, 0}); }
+  void push(Value&& v) { stack_.emplace_back().value = std::move(v); }
+  void push_int(std::int64_t i) { Raw::set_int(stack_.emplace_back().value, i); }
   // A str or bytes read from the opcode at `at`, made in place on the stack.
   void push_text(Kind kind, std::string_view text, std::size_t at) {
-    if (kind == kStr && !valid_utf8(text)) fail("a str that is not valid UTF-8 (lone surrogates are not supported)", at);
+    if (kind == kStr && !utf8_ok(text)) fail("a str that is not valid UTF-8 (lone surrogates are not supported)", at);
     Item& item = stack_.emplace_back();
     Raw::assign_text(item.value, kind, text);
-    item.origin = at < 0xffffffffu ? static_cast<std::uint32_t>(at + 1) : 0;
-  }
-  // Pushes again the str or bytes of an opcode already read once (so known to be well formed).
-  void push_again(std::uint32_t origin) {
-    const std::size_t at = origin - 1;
-    const unsigned op = data_[at];
-    std::uint64_t n = 0;
-    std::size_t header = 0;
-    const auto le = [&](std::size_t width) {
-      std::uint64_t v = 0;
-      for (std::size_t k = 0; k < width; ++k) v |= static_cast<std::uint64_t>(data_[at + 1 + k]) << (8 * k);
-      return v;
-    };
-    switch (op) {
-      case 0x8c: case 0x43: n = data_[at + 1]; header = 2; break;
-      case 0x58: case 0x42: n = le(4); header = 5; break;
-      default: n = le(8); header = 9; break;  // BINUNICODE8, BINBYTES8, BYTEARRAY8
-    }
-    const bool is_str = op == 0x8c || op == 0x58 || op == 0x8d;
-    Item& item = stack_.emplace_back();
-    Raw::assign_text(item.value, is_str ? kStr : kBytes,
-                     std::string_view(reinterpret_cast<const char*>(data_ + at + header), static_cast<std::size_t>(n)));
-    item.origin = origin;
   }
   void check_top(std::size_t at) const {
     if (stack_.size() <= fence()) fail("stack underflow", at);
@@ -516,8 +491,7 @@ class Reader {
   void put(std::uint64_t index, std::size_t at) {
     (void)at;
     const Item& top = stack_.back();
-    // A str or bytes is remembered by where it was read, not copied.
-    Item entry = top.origin != 0 ? Item{Value(), Global::none, top.origin} : top;
+    Item entry = top;  // (a copy shares a long text's box)
     if (index < memo_.size()) {
       memo_[index] = std::move(entry);
     } else if (index == memo_.size()) {
@@ -536,12 +510,9 @@ class Reader {
       if (it == sparse_.end()) fail("memo key " + std::to_string(index) + " was never stored", at);
       entry = &it->second;
     }
-    if (entry->origin != 0) {
-      push_again(entry->origin);
-    } else {
-      if (Raw::container(entry->value)) shares_ = true;
-      stack_.push_back(*entry);
-    }
+    // A shared container or long text: copying the result out may cost more than its size.
+    if (Raw::container(entry->value) || Raw::text(entry->value).size() > 64) shares_ = true;
+    stack_.push_back(*entry);
   }
 
   // ---- globals ----
@@ -557,14 +528,14 @@ class Reader {
       g = Global::codecs_encode;
     }
     if (g == Global::none && manager_ && manager_admits(module, name)) {
-      stack_.push_back(Item{Raw::make_str_unchecked(std::string(module) + "." + std::string(name)), Global::object, 0});
+      stack_.push_back(Item{Raw::make_str_unchecked(std::string(module) + "." + std::string(name)), Global::object});
       return;
     }
     if (g == Global::none) {
       std::string shown = std::string(module.substr(0, 200)) + "." + std::string(name.substr(0, 200));
       fail("refusing to load global '" + shown + "': only " + kAllowed + " are allowed", at);
     }
-    stack_.push_back(Item{Value(), g, 0});
+    stack_.push_back(Item{Value(), g});
   }
 
   // The manager allow-list (PROTOCOLS.md §3.4). Names only: nothing is imported or called.
@@ -614,7 +585,7 @@ class Reader {
         if (args.size() != 2 || Raw::kind(args[0]) != kStr || Raw::kind(args[1]) != kStr ||
             (Raw::text(args[1]) != "latin1" && Raw::text(args[1]) != "latin-1"))
           bad("_codecs.encode (only (str, 'latin1'), as protocol 2 writes bytes, is accepted)");
-        const std::string& s = Raw::text(args[0]);  // valid UTF-8: code points <= 0xff become bytes
+        const std::string_view s = Raw::text(args[0]);  // valid UTF-8: code points <= 0xff become bytes
         std::string out;
         out.reserve(s.size());
         for (std::size_t i = 0; i < s.size(); ++i) {

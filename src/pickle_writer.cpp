@@ -17,7 +17,10 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <new>
 #include <optional>
 #include <stdexcept>
 #include <string_view>
@@ -42,7 +45,7 @@ class KeyMemo {
   // as `index`.
   const std::uint32_t* find_or_add(std::string_view text, std::uint32_t index) {
     if (2 * (count_ + 1) > entries_.size()) grow();
-    const std::size_t h = std::hash<std::string_view>{}(text);
+    const std::size_t h = hash_text(text);
     const std::size_t mask = entries_.size() - 1;
     for (std::size_t i = h & mask;; i = (i + 1) & mask) {
       Entry& e = entries_[i];
@@ -77,6 +80,21 @@ class KeyMemo {
   std::size_t count_ = 0;
 };
 
+// The output buffer: a thread's writers reuse one (growing it is a good part of the cost of a
+// large pickle: fresh pages, copies), and the result is copied out once at the end. A writer
+// started while another one of the thread holds it (a Pickler inside a conversion) takes its own.
+struct Scratch {
+  unsigned char* data = nullptr;
+  std::size_t capacity = 0;
+  bool busy = false;
+  ~Scratch() { std::free(data); }
+};
+Scratch& scratch() {
+  static thread_local Scratch s;
+  return s;
+}
+constexpr std::size_t kKeepScratch = 16 * 1024 * 1024;
+
 }  // namespace
 
 class Writer {
@@ -85,16 +103,40 @@ class Writer {
     if (protocol < 2 || protocol > 5)
       throw std::invalid_argument("pickle::dumps: protocol " + std::to_string(protocol) +
                                   " is not supported (2, 3, 4 and 5 are)");
+    Scratch& s = scratch();
+    if (!s.busy) {
+      s.busy = true;
+      owns_scratch_ = true;
+      buf_ = s.data;
+      cap_ = s.capacity;
+      s.data = nullptr;
+      s.capacity = 0;
+    }
     const std::uint8_t header[2] = {0x80, static_cast<std::uint8_t>(protocol_)};
     write(header, 2);
     framing_ = protocol_ >= 4;
   }
+  ~Writer() {
+    if (owns_scratch_) {
+      Scratch& s = scratch();
+      s.busy = false;
+      if (cap_ <= kKeepScratch) {
+        std::free(s.data);
+        s.data = buf_;
+        s.capacity = cap_;
+        buf_ = nullptr;
+      }
+    }
+    std::free(buf_);
+  }
+  Writer(const Writer&) = delete;
+  Writer& operator=(const Writer&) = delete;
 
   Bytes finish() {
     write_op(0x2e);  // STOP
     commit_frame();
-    out_.resize(len_);
-    return std::move(out_);
+    const auto* p = reinterpret_cast<const std::byte*>(buf_);
+    return Bytes(p, p + len_);
   }
 
   // ---- the Pickler's operations: each one what save() does for the matching Value ----
@@ -116,12 +158,12 @@ class Writer {
     save_float(d);
   }
   void put_text(Kind k, std::string_view t) {
-    if (k == kStr && !valid_utf8(t)) throw std::invalid_argument("pickle: a str must be valid UTF-8 (without surrogates)");
+    if (k == kStr && !utf8_ok(t)) throw std::invalid_argument("pickle: a str must be valid UTF-8 (without surrogates)");
     opcode_boundary();
     save_text(k, t);
   }
   void put_key(std::string_view t) {
-    if (!valid_utf8(t)) throw std::invalid_argument("pickle: a str must be valid UTF-8 (without surrogates)");
+    if (!utf8_ok(t)) throw std::invalid_argument("pickle: a str must be valid UTF-8 (without surrogates)");
     if (t.empty()) return put_text(kStr, t);
     opcode_boundary();
     save_key_text(t);
@@ -139,45 +181,56 @@ class Writer {
   void keep(const Value& v) { kept_.push_back(v); }
 
   // ---- output (public for the Pickler's batch marks) ----
-  void write_op(std::uint8_t op) { write(&op, 1); }
+  void write_op(std::uint8_t op) { *grab(1) = op; }
 
  private:
   // ---- output and frames ----
-  // out_ grows by doubling and holds len_ bytes of output (one resize at the end, not one
-  // insert per opcode).
-  void write(const void* data, std::size_t n) {
+  // buf_ (cap_ bytes, from malloc) grows by doubling and holds len_ bytes of output; opcodes are
+  // written in place through grab().
+  unsigned char* grab(std::size_t n) {
     if (framing_ && frame_start_ == kNoFrame) {
       frame_start_ = len_;
       room(kFrameHeaderSize);
       len_ += kFrameHeaderSize;
     }
     room(n);
-    if (n != 0) std::memcpy(out_.data() + len_, data, n);  // data may be null when n is 0
+    unsigned char* p = buf_ + len_;
     len_ += n;
+    return p;
+  }
+  void write(const void* data, std::size_t n) {
+    unsigned char* p = grab(n);
+    if (n != 0) std::memcpy(p, data, n);  // data may be null when n is 0
   }
   void room(std::size_t n) {
-    if (out_.size() - len_ >= n) return;
-    out_.resize(std::max({out_.size() * 2, len_ + n, std::size_t{4096}}));
+    if (cap_ - len_ >= n) return;
+    if (n > std::numeric_limits<std::size_t>::max() / 4 - len_) throw std::length_error("pickle::dumps: output too large");
+    const std::size_t cap = std::max({cap_ * 2, len_ + n, std::size_t{4096}});
+    auto* grown = static_cast<unsigned char*>(std::realloc(buf_, cap));
+    if (!grown) throw std::bad_alloc();
+    buf_ = grown;
+    cap_ = cap;
   }
   void write_op_u8(std::uint8_t op, std::uint8_t arg) {
-    const std::uint8_t b[2] = {op, arg};
-    write(b, 2);
+    unsigned char* p = grab(2);
+    p[0] = op;
+    p[1] = arg;
   }
   void write_op_le(std::uint8_t op, std::uint64_t arg, std::size_t width) {
-    std::uint8_t b[9] = {op};
-    for (std::size_t k = 0; k < width; ++k) b[1 + k] = static_cast<std::uint8_t>(arg >> (8 * k));
-    write(b, 1 + width);
+    unsigned char* p = grab(1 + width);
+    p[0] = op;
+    for (std::size_t k = 0; k < width; ++k) p[1 + k] = static_cast<std::uint8_t>(arg >> (8 * k));
   }
 
   void commit_frame() {
     if (!framing_ || frame_start_ == kNoFrame) return;
     const std::size_t len = len_ - frame_start_ - kFrameHeaderSize;
     if (len >= kFrameSizeMin) {
-      out_[frame_start_] = std::byte{0x95};
+      buf_[frame_start_] = 0x95;
       for (std::size_t k = 0; k < 8; ++k)
-        out_[frame_start_ + 1 + k] = static_cast<std::byte>((static_cast<std::uint64_t>(len) >> (8 * k)) & 0xff);
+        buf_[frame_start_ + 1 + k] = static_cast<unsigned char>((static_cast<std::uint64_t>(len) >> (8 * k)) & 0xff);
     } else {
-      std::memmove(out_.data() + frame_start_, out_.data() + frame_start_ + kFrameHeaderSize, len);
+      std::memmove(buf_ + frame_start_, buf_ + frame_start_ + kFrameHeaderSize, len);
       len_ -= kFrameHeaderSize;
     }
     frame_start_ = kNoFrame;
@@ -194,8 +247,13 @@ class Writer {
       commit_frame();
       framing_ = false;
     }
-    write(header, header_size);
-    write(data.data(), data.size());
+    unsigned char* p = grab(header_size + data.size());
+    for (std::size_t k = 0; k < header_size; ++k) *p++ = static_cast<const unsigned char*>(header)[k];
+    if (data.size() <= 16) {  // (short texts, the common case, without a call to memcpy)
+      for (char ch : data) *p++ = static_cast<unsigned char>(ch);
+    } else {
+      std::memcpy(p, data.data(), data.size());
+    }
     framing_ = framing;
   }
 
@@ -289,7 +347,7 @@ class Writer {
       save_long(int64_to_twos(i));
     }
   }
-  void save_long(const std::string& le) {
+  void save_long(std::string_view le) {
     if (le.size() < 256) {
       write_op_u8(0x8a, static_cast<std::uint8_t>(le.size()));  // LONG1
     } else {
@@ -498,7 +556,9 @@ class Writer {
 
   int protocol_;
   std::size_t depth_ = 0;  // the Pickler's nesting
-  Bytes out_;
+  bool owns_scratch_ = false;  // buf_ is the thread's scratch buffer, given back at the end
+  unsigned char* buf_ = nullptr;
+  std::size_t cap_ = 0;
   std::size_t len_ = 0;
   bool framing_ = false;
   std::size_t frame_start_ = kNoFrame;

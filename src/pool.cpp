@@ -9,22 +9,32 @@
 // chunks sent to it but not started go back to the queue, and a new worker takes its place.
 //
 // Messages on a worker's pipe (one per Connection message):
-//   parent -> worker  't' u64 header_size <header: code refs of runner and task> <items>
+//   parent -> worker  't' u64 header_size <header: code refs of runner and task>
+//                         u32 count, u8 timed, count x (u64 size, <items of one chunk>)   (a batch)
 //                     's'                         (stop: the pool is closing)
 //   worker -> parent  'k'                         (ready: the initializer has run)
-//                     'r' <encoded results>       (the oldest chunk sent ran)
-//                     'e' <TaskError>             (the oldest chunk could not run at all)
+//                     'R' u32 count, count x (u8 'r'|'e', u64 run_ns, u64 size, <results | TaskError>)
+// Tiny chunks of one job travel in batches (the batch grows while the chunks run in microseconds
+// and falls back to one when they do not), and a worker sends the results it gathered when its
+// batch is done, when 200 us passed, or before it would wait: two syscalls per batch instead of
+// per task. A slot of shared memory per worker (WorkerSlot) tells the pool how many chunks the
+// worker began and when its current task started, so that when it dies the pool still knows
+// exactly which chunk was running (the others run again or for the first time elsewhere), and
+// can enforce time limits.
 // A worker also exits when its parent dies (it waits on the parent's sentinel with its pipe).
 #include <multiprocessing/connection.hpp>
 #include <multiprocessing/logging.hpp>
 #include <multiprocessing/pool.hpp>
 #include <multiprocessing/process.hpp>
+#include <multiprocessing/sharedctypes.hpp>
 
 #include <cxxabi.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -34,6 +44,10 @@
 #include <thread>
 #include <typeinfo>
 
+#include "fork_safety.hpp"
+#include "posix/fd.hpp"
+#include "posix/pool_signals.hpp"
+#include "mpi/mpi_backend.hpp"
 #include "posix/process.hpp"
 
 namespace mp::detail {
@@ -58,6 +72,8 @@ enum Kind : std::int32_t {
   kWorkerLostError,
   kEOFError,
   kStopIteration,
+  kTaskTimeLimit,
+  kSoftTimeLimit,
 };
 
 Kind kind_of(const std::type_info& t) {
@@ -76,6 +92,8 @@ Kind kind_of(const std::type_info& t) {
   if (t == typeid(mp::WorkerLostError)) return kWorkerLostError;
   if (t == typeid(mp::EOFError)) return kEOFError;
   if (t == typeid(mp::StopIteration)) return kStopIteration;
+  if (t == typeid(mp::TaskTimeLimitExceeded)) return kTaskTimeLimit;
+  if (t == typeid(mp::SoftTimeLimitExceeded)) return kSoftTimeLimit;
   return kOther;
 }
 
@@ -118,6 +136,8 @@ std::exception_ptr make_task_exception(const TaskError& e) {
     case kWorkerLostError: return std::make_exception_ptr(mp::WorkerLostError(e.what));
     case kEOFError: return std::make_exception_ptr(mp::EOFError(e.what));
     case kStopIteration: return std::make_exception_ptr(mp::StopIteration(e.what));
+    case kTaskTimeLimit: return std::make_exception_ptr(mp::TaskTimeLimitExceeded(e.what));
+    case kSoftTimeLimit: return std::make_exception_ptr(mp::SoftTimeLimitExceeded(e.what));
     default: return std::make_exception_ptr(RemoteError(e.type_name, e.what, e.traceback));
   }
 }
@@ -136,6 +156,65 @@ void log_pool_callback_error() noexcept {
   }
 }
 
+
+// ---- shared with the worker through its slot ----
+
+namespace {
+WorkerSlot* g_slot = nullptr;  // in a worker: its slot
+int g_worker_id = -1;
+const Bytes* g_state = nullptr;  // in a worker of a pool with a worker state
+bool g_timed = false;  // the running message's tasks have time limits: record when each starts
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+std::int64_t load(std::int64_t& word) { return std::atomic_ref(word).load(std::memory_order_acquire); }
+void store(std::int64_t& word, std::int64_t v) { std::atomic_ref(word).store(v, std::memory_order_release); }
+}  // namespace
+
+PoolStateCache& pool_worker_state_cache() noexcept {
+  static PoolStateCache cache;
+  return cache;
+}
+Bytes pool_state_encode(const std::type_info& type, const Bytes& value) {
+  std::string name = type.name();
+  Bytes out;
+  out.reserve(4 + name.size() + value.size());
+  auto n = static_cast<std::uint32_t>(name.size());
+  const auto* p = reinterpret_cast<const std::byte*>(&n);
+  out.insert(out.end(), p, p + 4);
+  const auto* q = reinterpret_cast<const std::byte*>(name.data());
+  out.insert(out.end(), q, q + name.size());
+  out.insert(out.end(), value.begin(), value.end());
+  return out;
+}
+
+std::span<const std::byte> pool_state_value(const std::type_info& type) {
+  if (!g_state) throw std::logic_error("mp: pool::worker_state(): no worker state here (outside a pool worker, or none set)");
+  std::span<const std::byte> rest(*g_state);
+  std::uint32_t n = 0;
+  if (rest.size() < 4) throw std::invalid_argument("mp: pool::worker_state(): malformed state");
+  std::memcpy(&n, rest.data(), 4);
+  rest = rest.subspan(4);
+  if (rest.size() < n) throw std::invalid_argument("mp: pool::worker_state(): malformed state");
+  std::string name(reinterpret_cast<const char*>(rest.data()), n);
+  if (name != type.name()) {
+    int status = 0;
+    char* demangled = abi::__cxa_demangle(name.c_str(), nullptr, nullptr, &status);
+    std::string set = status == 0 && demangled ? demangled : name;
+    std::free(demangled);
+    throw std::invalid_argument("mp: pool::worker_state<" + type_name(type) + ">(): the state set is a " + set);
+  }
+  return rest.subspan(n);
+}
+
+void pool_task_started() noexcept {
+  if (!g_slot || !g_timed) return;
+  store(g_slot->task_started_ns, now_ns());
+  store(g_slot->tasks_started, load(g_slot->tasks_started) + 1);
+}
+
 namespace {
 
 // ---- the worker ----
@@ -143,24 +222,76 @@ namespace {
 // The code references of a job's runner and task, encoded once per job.
 using TaskHeader = std::tuple<posix::CodeRef, bool, posix::CodeRef>;
 
-void send_error(Connection& conn, const TaskError& error) {
-  Bytes out{std::byte{'e'}};
-  pool_append(out, error);
-  conn.send_bytes(out);
+template <class T>
+T read_raw(std::span<const std::byte>& rest) {
+  T v{};
+  if (rest.size() < sizeof v) throw std::invalid_argument("mp: malformed pool message");
+  std::memcpy(&v, rest.data(), sizeof v);
+  rest = rest.subspan(sizeof v);
+  return v;
 }
+template <class T>
+void write_raw(Bytes& out, T v) {
+  const auto* p = reinterpret_cast<const std::byte*>(&v);
+  out.insert(out.end(), p, p + sizeof v);
+}
+template <class T>
+void patch_raw(Bytes& out, std::size_t at, T v) {
+  std::memcpy(out.data() + at, &v, sizeof v);
+}
+
+// Gathers a worker's results until they are sent as one 'R' message.
+struct ResultBatch {
+  Bytes out{std::byte{'R'}, std::byte{0}, std::byte{0}, std::byte{0}, std::byte{0}};
+  std::uint32_t count = 0;
+  std::int64_t first_ns = 0;
+
+  std::size_t begin_record() {
+    std::size_t at = out.size();
+    out.resize(at + 17);
+    if (count == 0) first_ns = now_ns();
+    return at;
+  }
+  void end_record(std::size_t at, char tag, std::int64_t run_ns) {
+    out[at] = static_cast<std::byte>(tag);
+    patch_raw(out, at + 1, static_cast<std::uint64_t>(run_ns));
+    patch_raw(out, at + 9, static_cast<std::uint64_t>(out.size() - at - 17));
+    ++count;
+  }
+  void flush(Connection& conn) {
+    if (count == 0) return;
+    patch_raw(out, 1, count);
+    conn.send_bytes(out);
+    out.resize(5);
+    count = 0;
+  }
+};
+
+// A thread waiting for its own result polls its worker's pipe for this long before it sleeps
+// (a quick task's result then costs it no wake-up). Workers do not spin: measured on a loaded
+// 2-CPU VM, a worker spinning 15-50 us for its next task made apply() round trips 2-10x slower
+// (it takes the CPU its caller needs), while the waiter's short spin pays off.
+constexpr auto kWaiterSpin = std::chrono::microseconds(20);
+// Results wait at most this long for the rest of their batch.
+constexpr std::int64_t kFlushAfterNs = 200'000;
 
 // pool_end is the pool's end of conn: under fork the worker inherits it, and must close it to see
 // EOF when the pool's process dies. pool_pid is that process: its pidfd is watched too, since
 // workers forked later also inherit the pool's ends of their siblings' pipes.
 void pool_worker_main(Connection conn, Connection pool_end, std::int64_t pool_pid, posix::CodeRef initializer,
-                      bool has_initializer, std::int64_t maxtasks) {
+                      bool has_initializer, std::int64_t maxtasks, RawValue<WorkerSlot> slot, int worker_id,
+                      bool has_state, Bytes state, bool has_exit, posix::CodeRef exit_hook) {
   pool_end.close();
+  posix::ignore_sigint();  // a terminal's Ctrl-C is the parent's to handle
   posix::UniqueFd pool_process;
   try {
     pool_process = posix::open_pidfd(static_cast<int>(pool_pid));
   } catch (const std::exception&) {
     return;  // the pool's process is gone already
   }
+  g_slot = &slot.get_obj();
+  g_worker_id = worker_id;
+  if (has_state) g_state = &state;
   auto& log = get_logger();
   if (log.is_enabled_for(levels::debug)) log.debug("pool worker started");
   if (has_initializer) {
@@ -173,16 +304,20 @@ void pool_worker_main(Connection conn, Connection pool_end, std::int64_t pool_pi
   Bytes last_header;
   PoolRunner runner = nullptr;
   ErasedFn fn = nullptr;
-  Bytes out;
+  ResultBatch results;
   std::int64_t done = 0;
-  while (true) {
-    if (!conn.poll(Duration(0)) && parent_sentinel >= 0) {
-      auto ready = connection::wait({connection::Waitable(conn), connection::Waitable(parent_sentinel)});
-      bool conn_ready = false;
-      for (auto& w : ready) conn_ready = conn_ready || w.fileno() == conn.fileno();
-      if (!conn_ready) {
-        if (log.is_enabled_for(levels::debug)) log.debug("pool worker exiting: the pool's process is gone");
-        return;
+  bool stop = false;
+  while (!stop) {
+    if (!conn.poll(Duration(0))) {
+      results.flush(conn);
+      {
+        auto ready = connection::wait({connection::Waitable(conn), connection::Waitable(parent_sentinel)});
+        bool conn_ready = false;
+        for (auto& w : ready) conn_ready = conn_ready || w.fileno() == conn.fileno();
+        if (!conn_ready) {
+          if (log.is_enabled_for(levels::debug)) log.debug("pool worker exiting: the pool's process is gone");
+          return;
+        }
       }
     }
     Bytes msg;
@@ -196,14 +331,16 @@ void pool_worker_main(Connection conn, Connection pool_end, std::int64_t pool_pi
     if (msg.empty()) continue;
     if (msg[0] == std::byte{'s'}) break;
     std::span<const std::byte> rest(msg);
+    std::uint32_t count = 1;
     try {
-      if (msg[0] != std::byte{'t'} || rest.size() < 9) throw std::invalid_argument("mp: malformed pool task message");
-      std::uint64_t header_size = 0;
-      std::memcpy(&header_size, rest.data() + 1, sizeof header_size);
-      rest = rest.subspan(9);
+      if (msg[0] != std::byte{'t'}) throw std::invalid_argument("mp: malformed pool task message");
+      rest = rest.subspan(1);
+      auto header_size = read_raw<std::uint64_t>(rest);
       if (header_size > rest.size()) throw std::invalid_argument("mp: malformed pool task message (header size)");
       auto header = rest.first(static_cast<std::size_t>(header_size));
       rest = rest.subspan(static_cast<std::size_t>(header_size));
+      count = read_raw<std::uint32_t>(rest);
+      g_timed = read_raw<std::uint8_t>(rest) != 0;
       if (!runner || !std::equal(header.begin(), header.end(), last_header.begin(), last_header.end())) {
         runner = nullptr;
         auto [runner_ref, has_fn, fn_ref] = mp::loads<TaskHeader>(header);
@@ -212,18 +349,55 @@ void pool_worker_main(Connection conn, Connection pool_end, std::int64_t pool_pi
         runner = found;
         last_header.assign(header.begin(), header.end());
       }
-      out.clear();
-      out.push_back(std::byte{'r'});
-      runner(fn, rest, out);
     } catch (...) {
-      send_error(conn, describe_current_exception(typeid(PoolRunner)));
-      out.clear();
-      ++done;
+      // The whole message is unusable: every chunk in it fails with the same error.
+      auto error = describe_current_exception(typeid(PoolRunner));
+      for (std::uint32_t i = 0; i < count; ++i) {
+        store(slot.get_obj().chunks_started, load(slot.get_obj().chunks_started) + 1);
+        auto at = results.begin_record();
+        pool_append(results.out, error);
+        results.end_record(at, 'e', 0);
+      }
+      results.flush(conn);
+      done += count;
       if (maxtasks > 0 && done >= maxtasks) break;
       continue;
     }
-    conn.send_bytes(out);
-    if (maxtasks > 0 && ++done >= maxtasks) break;
+    for (std::uint32_t i = 0; i < count; ++i) {
+      store(slot.get_obj().chunks_started, load(slot.get_obj().chunks_started) + 1);
+      auto at = results.begin_record();
+      auto t0 = now_ns();
+      try {
+        auto size = read_raw<std::uint64_t>(rest);
+        if (size > rest.size()) throw std::invalid_argument("mp: malformed pool task message (chunk size)");
+        auto items = rest.first(static_cast<std::size_t>(size));
+        rest = rest.subspan(static_cast<std::size_t>(size));
+        runner(fn, items, results.out);
+        results.end_record(at, 'r', now_ns() - t0);
+      } catch (...) {
+        results.out.resize(at + 17);
+        pool_append(results.out, describe_current_exception(typeid(PoolRunner)));
+        results.end_record(at, 'e', now_ns() - t0);
+      }
+      if (maxtasks > 0 && ++done >= maxtasks) {
+        stop = true;
+        break;
+      }
+      if (now_ns() - results.first_ns > kFlushAfterNs) results.flush(conn);
+    }
+  }
+  results.flush(conn);
+  if (has_exit) {
+    // Its result goes to the pool ('x'), which keeps it for Pool::exit_results().
+    try {
+      auto hook = reinterpret_cast<Bytes (*)()>(posix::resolve_code_ref(exit_hook));
+      Bytes out{std::byte{'x'}};
+      Bytes r = hook();
+      out.insert(out.end(), r.begin(), r.end());
+      conn.send_bytes(out);
+    } catch (const std::exception& e) {
+      log.error(std::string("pool worker exit hook failed: ") + e.what());
+    }
   }
   if (log.is_enabled_for(levels::debug)) log.debug("pool worker exiting after " + std::to_string(done) + " tasks");
 }
@@ -251,32 +425,59 @@ std::string describe_exit(std::optional<int> code) {
   return "exited with code " + std::to_string(*code);
 }
 
-// The prefetch rule: a worker holding a chunk gets more (up to kMaxInFlight) only when they are
-// all small enough to sit in the socket buffers, so a send never blocks on a busy worker; the
-// prefetch keeps a worker busy while the dispatcher is waking up to hand it the next one.
+// The prefetch rule: a worker holding a message gets more (up to kMaxMessages) only when its
+// chunks are all small enough to sit in the socket buffers, so a send never blocks on a busy
+// worker; the prefetch keeps a worker busy while the dispatcher is waking up to hand it more.
 constexpr std::size_t kPrefetchLimit = 16 * 1024;
-constexpr std::size_t kMaxInFlight = 4;
+constexpr int kMaxMessages = 4;
+// A batch of tiny chunks grows up to this many chunks (doubling while they run under
+// kTinyChunkNs each) and falls back to one chunk when they do not.
+constexpr std::size_t kMaxBatch = 64;
+constexpr std::int64_t kTinyChunkNs = 20'000;
+// A thread reading its own result polls its worker's pipe in slices this long (the dispatcher
+// may have taken the message first), and the dispatcher polls the pipes it left to such a thread
+// again after this long.
+constexpr auto kHelpSlice = std::chrono::milliseconds(2);
+// A waiting thread reads its worker's pipe for at most this long, then leaves a long task's
+// result to the dispatcher (no pointless wake-ups every slice on either thread).
+constexpr auto kHelpLimit = std::chrono::milliseconds(20);
+// How soon the dispatcher looks again at a worker whose next chunk has a time limit but has not
+// started (the worker's start of a task wakes nobody).
+constexpr auto kLimitRecheck = std::chrono::milliseconds(2);
+// How often the progress display is rewritten.
+constexpr auto kProgressEvery = std::chrono::milliseconds(100);
 
 }  // namespace
 }  // namespace mp::detail
 
 namespace mp {
 
-struct Pool::Impl {
+struct Pool::Impl final : detail::PoolWaiter {
   struct Chunk {
     std::shared_ptr<detail::PoolJob> job;
     std::shared_ptr<const Bytes> header;
     detail::PoolChunk chunk;
+    std::int64_t seq = 0;       // its position among the chunks sent to its worker
+    bool last = false;          // the last chunk of its message
   };
   struct Worker {
     int number = 0;
+    int id = 0;  // 0..processes-1, stable: a replacement takes the id of the worker it replaces
     Process process;
     Connection conn;
+    RawValue<detail::WorkerSlot> slot;
     std::deque<Chunk> in_flight;
-    std::int64_t sent = 0;
+    std::int64_t sent = 0;      // chunks sent
+    std::int64_t answered = 0;  // chunks whose results arrived
+    int messages = 0;           // messages whose last chunk is unanswered
     std::atomic<bool> ready{false};  // its initializer ran ('k' arrived)
     std::atomic<bool> eof{false};    // its pipe closed or failed: nothing more is sent or read
     bool dead = false;               // its sentinel fired: nothing more is sent (under mutex)
+    std::mutex read_mutex;           // one reader of its pipe at a time
+    std::atomic<bool> direct{false}; // a thread waiting for its result reads its pipe
+    std::int64_t soft_signalled = -1;  // the task whose soft limit was signalled (dispatcher)
+    std::optional<std::int64_t> timed_out;  // the chunk it was killed for (hard limit)
+    std::chrono::steady_clock::time_point started_at, ready_at;  // under mutex
   };
   enum class State { running, closed, terminated };
 
@@ -284,24 +485,51 @@ struct Pool::Impl {
   int processes = 1;
   void (*initializer)() = nullptr;
   std::int64_t maxtasks = 0;
+  std::optional<Duration> soft_time_limit, time_limit;
+  std::shared_ptr<const Bytes> worker_state;
+  Bytes (*worker_exit)() = nullptr;
+  int sigint_fd = -1;          // interrupt_on_sigint: readable when SIGINT arrived
+  bool interrupted = false;    // under mutex
+  std::vector<WorkerInsights> stats;  // by worker id, under mutex
+  std::vector<Duration> stats_alive;  // per id: time alive after ready, of processes gone
+  std::vector<Bytes> exit_results;    // under mutex
+  // The progress display (progress_fd >= 0), under mutex: chunks submitted and completed since the
+  // pool was last idle, when that run started, and when the line was last written.
+  int progress_fd = -1;
+  std::int64_t progress_submitted = 0, progress_done = 0;
+  bool progress_shown_done = true;
+  std::chrono::steady_clock::time_point progress_start, progress_last;
 
   // Shared with the callers' threads, under mutex.
   mutable std::mutex mutex;
   State state = State::running;
   std::deque<Chunk> queue;
   std::map<std::uintptr_t, std::shared_ptr<const Bytes>> headers;  // code refs by runner ^ fn
+  bool joining = false;  // join() was called: imap input is no longer read
+  std::vector<std::weak_ptr<detail::PoolJob>> lazy_jobs;  // imap jobs whose input may go on
 
   // Changed by the dispatcher only, under mutex; a worker's in_flight and sent too, and sends to
   // a worker happen under mutex (they never block: see can_take), from the dispatcher or from a
-  // submitting thread that finds an idle worker (one thread hop less per task).
-  std::vector<std::unique_ptr<Worker>> workers;
+  // thread that submits or waits and finds a worker idle (one thread hop less per task).
+  std::vector<std::shared_ptr<Worker>> workers;
   int next_number = 1;
   Connection wake_read, wake_write;
   std::atomic<bool> wake_pending{false};
   std::thread dispatcher;
   std::mutex join_mutex;
+  // The "mpi" context: the tasks run on MPI ranks (src/mpi/); no local workers, no dispatcher.
+  std::shared_ptr<detail::mpi::PoolBackend> mpi;
 
   explicit Impl(PoolOptions options) : context(options.context.value_or(get_context())) {
+    if (context.start_method() == "mpi") {
+      if (options.soft_time_limit || options.time_limit || options.worker_state || options.worker_exit ||
+          options.interrupt_on_sigint)
+        throw std::invalid_argument("mp: Pool: time limits, worker_state, worker_exit and interrupt_on_sigint are not "
+                                    "supported with the mpi start method");
+      mpi = detail::mpi::make_pool_backend(options.processes, options.initializer, options.maxtasksperchild);
+      processes = mpi->processes();
+      return;
+    }
     processes = options.processes.value_or(cpu_count());
     if (processes < 1) throw std::invalid_argument("mp: Pool: the number of processes must be at least 1");
     if (options.maxtasksperchild) {
@@ -309,39 +537,106 @@ struct Pool::Impl {
       maxtasks = *options.maxtasksperchild;
     }
     initializer = options.initializer;
+    soft_time_limit = options.soft_time_limit;
+    time_limit = options.time_limit;
+    worker_state = options.worker_state;
+    worker_exit = options.worker_exit;
+    progress_fd = options.progress_fd;
+    stats.resize(static_cast<std::size_t>(processes));
+    stats_alive.resize(static_cast<std::size_t>(processes), Duration(0));
+    for (int i = 0; i < processes; ++i) stats[static_cast<std::size_t>(i)].worker_id = i;
+    if (options.interrupt_on_sigint) {
+      sigint_fd = detail::posix::sigint_watch_fd();
+      (void)detail::posix::take_sigint();
+      ++sigint_users();
+    }
     auto [r, w] = Pipe(false);
     wake_read = std::move(r);
     wake_write = std::move(w);
-    for (int i = 0; i < processes; ++i) start_worker();
+    for (int i = 0; i < processes; ++i) start_worker(i);
     dispatcher = std::thread([this] { run(); });
   }
 
-  ~Impl() {
+  ~Impl() override {
     try {
       terminate();
     } catch (...) {
     }
+    if (sigint_fd >= 0 && --sigint_users() == 0) detail::posix::restore_sigint();
   }
 
-  void start_worker() {
-    auto w = std::make_unique<Worker>();
+  static std::atomic<int>& sigint_users() {
+    static std::atomic<int> users{0};  // pools made with interrupt_on_sigint (constructed and destroyed on any thread)
+    return users;
+  }
+
+  int free_id() const {
+    std::vector<bool> used(static_cast<std::size_t>(processes), false);
+    for (auto& w : workers) {
+      if (w->id >= 0 && w->id < processes) used[static_cast<std::size_t>(w->id)] = true;
+    }
+    for (int i = 0; i < processes; ++i) {
+      if (!used[static_cast<std::size_t>(i)]) return i;
+    }
+    return processes;
+  }
+
+  void start_worker(int id) {
+    auto w = std::make_shared<Worker>();
     w->number = next_number++;
+    w->id = id;
     auto [parent_end, child_end] = Pipe(true);
     detail::posix::CodeRef init_ref;
     bool has_init = initializer != nullptr;
     if (has_init) init_ref = detail::posix::code_ref_of(reinterpret_cast<std::uintptr_t>(initializer));
+    detail::posix::CodeRef exit_ref;
+    if (worker_exit) exit_ref = detail::posix::code_ref_of(reinterpret_cast<std::uintptr_t>(worker_exit));
     w->process = Process(context, &detail::pool_worker_main, child_end, parent_end,
-                         static_cast<std::int64_t>(detail::posix::current_pid()), init_ref, has_init, maxtasks);
+                         static_cast<std::int64_t>(detail::posix::current_pid()), init_ref, has_init, maxtasks,
+                         w->slot, id, worker_state != nullptr, worker_state ? *worker_state : Bytes{},
+                         worker_exit != nullptr, exit_ref);
+    w->started_at = std::chrono::steady_clock::now();
     w->process.set_name("PoolWorker-" + std::to_string(w->number));
     w->process.set_daemon(true);
     w->process.start();
     child_end.close();
     w->conn = std::move(parent_end);
     auto& log = get_logger();
-    if (log.is_enabled_for(levels::debug))
-      log.debug("pool started worker " + w->process.name() + " (pid " + std::to_string(*w->process.pid()) + ")");
+    if (log.is_enabled_for(levels::debug)) {
+      const bool replacement = w->number > processes;
+      log.debug(std::string(replacement ? "pool replaced a worker: started " : "pool started worker ") +
+                w->process.name() + " (pid " + std::to_string(*w->process.pid()) + ")");
+    }
     std::lock_guard lock(mutex);
+    if (static_cast<std::size_t>(id) < stats.size()) {
+      auto& st = stats[static_cast<std::size_t>(id)];
+      st.pid = w->process.pid().value_or(0);
+      ++st.starts;
+    }
     workers.push_back(std::move(w));
+  }
+
+  // Under mutex: a worker's time alive after it became ready ends (it died or the pool stopped).
+  void retire_locked(Worker& w) {
+    if (!w.ready || static_cast<std::size_t>(w.id) >= stats.size()) return;
+    stats_alive[static_cast<std::size_t>(w.id)] +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - w.ready_at);
+    w.ready = false;
+  }
+
+  PoolInsights insights() const {
+    std::lock_guard lock(mutex);
+    PoolInsights out;
+    out.workers = stats;
+    auto now = std::chrono::steady_clock::now();
+    for (std::size_t i = 0; i < stats.size(); ++i) {
+      Duration alive = stats_alive[i];
+      for (auto& w : workers) {
+        if (static_cast<std::size_t>(w->id) == i && w->ready) alive += std::chrono::duration<double>(now - w->ready_at);
+      }
+      out.workers[i].waiting = std::max(Duration(0), alive - out.workers[i].working);
+    }
+    return out;
   }
 
   void wake() {
@@ -370,35 +665,70 @@ struct Pool::Impl {
   }
 
   void submit(std::shared_ptr<detail::PoolJob> job, std::vector<detail::PoolChunk> chunks) {
+    if (mpi) {
+      if (job->soft_time_limit || job->time_limit)
+        throw std::invalid_argument("mp: Pool: per-task time limits are not supported with the mpi start method");
+      bool after_close = false;
+      {
+        std::lock_guard lock(mutex);
+        if (state != State::running && (state == State::terminated || joining || !job->lazy_input))
+          throw std::logic_error("mp: Pool not running (it was closed or terminated)");
+        after_close = state != State::running;
+      }
+      return mpi->submit(std::move(job), std::move(chunks), after_close);
+    }
     auto header = header_for(*job);
     bool queued = false;
+    bool wake_for_limits = false;  // the dispatcher watches the clock of tasks with limits
     {
       std::lock_guard lock(mutex);
-      if (state != State::running) throw std::logic_error("mp: Pool not running (it was closed or terminated)");
+      if (state != State::running) {
+        if (state == State::terminated || joining || !job->lazy_input)
+          throw std::logic_error("mp: Pool not running (it was closed or terminated)");
+      }
+      if (job->soft_time_limit || job->time_limit || soft_time_limit || time_limit) wake_for_limits = true;
+      if (job->lazy_input) {
+        std::erase_if(lazy_jobs, [](const std::weak_ptr<detail::PoolJob>& j) { return j.expired(); });
+        if (std::none_of(lazy_jobs.begin(), lazy_jobs.end(), [&](auto& j) { return j.lock() == job; }))
+          lazy_jobs.push_back(job);
+      }
+      if (progress_fd >= 0) {
+        if (progress_done == progress_submitted) {
+          progress_submitted = progress_done = 0;
+          progress_start = std::chrono::steady_clock::now();
+        }
+        progress_submitted += static_cast<std::int64_t>(chunks.size());
+        progress_shown_done = false;
+      }
+      bool was_empty = queue.empty();
       for (auto& c : chunks) queue.push_back(Chunk{job, header, std::move(c)});
       // Idle workers take the first chunks now, from this thread; the dispatcher sees their
       // results on the pipes it polls anyway.
-      if (queue.size() == chunks.size()) assign_locked(true);
+      if (was_empty) assign_locked(true);
       queued = !queue.empty();
     }
-    if (queued) wake();
+    if (queued || wake_for_limits) wake();
   }
 
   bool is_dispatcher_thread() const { return std::this_thread::get_id() == dispatcher.get_id(); }
 
   void close() {
+    get_logger().debug("closing pool");
     {
       std::lock_guard lock(mutex);
       if (state == State::running) state = State::closed;
     }
+    if (mpi) return mpi->close();
     wake();
   }
 
   void terminate() {
+    get_logger().debug("terminating pool");
     {
       std::lock_guard lock(mutex);
       state = State::terminated;
     }
+    if (mpi) return mpi->terminate();
     wake();
     if (is_dispatcher_thread()) return;  // from a callback: the dispatcher stops after it
     join_dispatcher();
@@ -408,7 +738,11 @@ struct Pool::Impl {
     {
       std::lock_guard lock(mutex);
       if (state == State::running) throw std::logic_error("mp: Pool::join() before close() or terminate()");
+      joining = true;
     }
+    get_logger().debug("joining pool workers");
+    if (mpi) return mpi->join();
+    wake();
     if (is_dispatcher_thread()) throw std::logic_error("mp: Pool::join() from a callback of the same pool");
     join_dispatcher();
   }
@@ -418,42 +752,62 @@ struct Pool::Impl {
     if (dispatcher.joinable()) dispatcher.join();
   }
 
-  // ---- the dispatcher thread ----
+  // ---- sending ----
 
   bool can_take(const Worker& w, std::size_t size) const {
     if (!w.ready || w.eof || w.dead) return false;
     if (maxtasks > 0 && w.sent >= maxtasks) return false;
     if (w.in_flight.empty()) return true;
-    if (w.in_flight.size() >= detail::kMaxInFlight || size > detail::kPrefetchLimit) return false;
+    if (w.messages >= detail::kMaxMessages || size > detail::kPrefetchLimit) return false;
     return std::all_of(w.in_flight.begin(), w.in_flight.end(),
                        [](const Chunk& c) { return c.chunk.items.size() <= detail::kPrefetchLimit; });
   }
 
-  // Under mutex.
-  void send_to(Worker& w, Chunk chunk) {
+  // Sends the first chunk of the queue to w, with the next ones of the same job when they are
+  // tiny (its batch). Under mutex.
+  void send_batch(Worker& w) {
+    auto job = queue.front().job;
+    std::size_t limit = std::max<std::size_t>(1, job->batch);
+    if (maxtasks > 0) limit = std::min(limit, static_cast<std::size_t>(maxtasks - w.sent));
+    std::size_t n = 1, bytes = queue.front().chunk.items.size();
+    while (n < limit && n < queue.size() && queue[n].job == job &&
+           bytes + queue[n].chunk.items.size() <= detail::kPrefetchLimit) {
+      bytes += queue[n].chunk.items.size();
+      ++n;
+    }
+    const Bytes& header = *queue.front().header;
     Bytes msg;
-    const Bytes& header = *chunk.header;
-    msg.reserve(9 + header.size() + chunk.chunk.items.size());
+    msg.reserve(1 + 8 + header.size() + 4 + 1 + 8 * n + bytes);
     msg.push_back(std::byte{'t'});
-    auto header_size = static_cast<std::uint64_t>(header.size());
-    const auto* p = reinterpret_cast<const std::byte*>(&header_size);
-    msg.insert(msg.end(), p, p + sizeof header_size);
+    detail::write_raw(msg, static_cast<std::uint64_t>(header.size()));
     msg.insert(msg.end(), header.begin(), header.end());
-    msg.insert(msg.end(), chunk.chunk.items.begin(), chunk.chunk.items.end());
+    detail::write_raw(msg, static_cast<std::uint32_t>(n));
+    bool timed = job->soft_time_limit || job->time_limit || soft_time_limit || time_limit;
+    detail::write_raw(msg, static_cast<std::uint8_t>(timed ? 1 : 0));
+    for (std::size_t i = 0; i < n; ++i) {
+      const Bytes& items = queue[i].chunk.items;
+      detail::write_raw(msg, static_cast<std::uint64_t>(items.size()));
+      msg.insert(msg.end(), items.begin(), items.end());
+    }
     try {
       w.conn.send_bytes(msg);
     } catch (const std::exception&) {
-      // The worker is gone: the chunk never reached it, so it goes back to the queue. Its pipe
-      // is still read to the end (results it sent before dying are there), so this is not eof.
+      // The worker is gone: the chunks never reached it and stay queued. Its pipe is still read
+      // to the end (results it sent before dying are there), so this is not eof.
       w.dead = true;
-      queue.push_front(std::move(chunk));
       return;
     }
-    ++w.sent;
-    w.in_flight.push_back(std::move(chunk));
+    for (std::size_t i = 0; i < n; ++i) {
+      Chunk c = std::move(queue.front());
+      queue.pop_front();
+      c.seq = w.sent++;
+      c.last = i + 1 == n;
+      w.in_flight.push_back(std::move(c));
+    }
+    ++w.messages;
   }
 
-  // Two passes so that every idle worker gets a chunk before any worker gets a second (the
+  // Two passes so that every idle worker gets a message before any worker gets a second (the
   // second pass only when prefetch is allowed). Under mutex.
   void assign_locked(bool idle_only) {
     for (int pass = 0; pass < (idle_only ? 1 : 2); ++pass) {
@@ -461,10 +815,9 @@ struct Pool::Impl {
         while (!queue.empty()) {
           if (pass == 0 && !w->in_flight.empty()) break;
           if (!can_take(*w, queue.front().chunk.items.size())) break;
-          Chunk chunk = std::move(queue.front());
-          queue.pop_front();
-          send_to(*w, std::move(chunk));
-          if (pass == 0) break;
+          std::int64_t before = w->sent;
+          send_batch(*w);
+          if (w->sent == before || pass == 0) break;
         }
         if (queue.empty()) return;
       }
@@ -476,14 +829,106 @@ struct Pool::Impl {
     assign_locked(false);
   }
 
-  // Reads what a worker sent; false once its pipe is closed.
+  // ---- receiving ----
+
+  // A chunk's outcome, read from a worker's pipe, to be delivered to its job once the pipe's
+  // read lock is released (a callback may call terminate(), which needs that lock).
+  struct Record {
+    Chunk chunk;
+    char tag;
+    std::span<const std::byte> body;  // in message
+  };
+  struct Completions {
+    std::deque<Bytes> messages;  // stable addresses for the bodies
+    std::vector<Record> records;
+    void deliver() {
+      for (auto& r : records) {
+        if (r.tag == 'r') {
+          r.chunk.job->chunk_done(r.chunk.chunk.index, r.body);
+        } else {
+          std::exception_ptr error;
+          try {
+            error = detail::make_task_exception(mp::loads<detail::TaskError>(r.body));
+          } catch (...) {
+            error = std::current_exception();
+          }
+          r.chunk.job->chunk_failed(r.chunk.chunk.index, error);
+        }
+      }
+      records.clear();
+      messages.clear();
+    }
+  };
+
+  // Takes one message of w (under w's read_mutex): pops the chunks it answers, in order, and
+  // leaves their delivery to done.
+  void handle(Worker& w, Bytes message, Completions& done) {
+    const Bytes& msg = done.messages.emplace_back(std::move(message));
+    if (msg.empty()) return;
+    char tag = static_cast<char>(msg[0]);
+    if (tag == 'k') {
+      std::lock_guard lock(mutex);
+      w.ready_at = std::chrono::steady_clock::now();
+      if (static_cast<std::size_t>(w.id) < stats.size())
+        stats[static_cast<std::size_t>(w.id)].start_up += std::chrono::duration<double>(w.ready_at - w.started_at);
+      w.ready = true;
+      return;
+    }
+    if (tag == 'x') {
+      std::lock_guard lock(mutex);
+      exit_results.emplace_back(msg.begin() + 1, msg.end());
+      return;
+    }
+    auto& records = done.records;
+    try {
+      if (tag != 'R') throw std::invalid_argument("unexpected message");
+      std::span<const std::byte> rest(msg);
+      rest = rest.subspan(1);
+      auto count = detail::read_raw<std::uint32_t>(rest);
+      records.reserve(records.size() + std::min<std::size_t>(count, w.in_flight.size()));
+      std::lock_guard lock(mutex);
+      for (std::uint32_t i = 0; i < count; ++i) {
+        char t = static_cast<char>(detail::read_raw<std::uint8_t>(rest));
+        auto run_ns = static_cast<std::int64_t>(detail::read_raw<std::uint64_t>(rest));
+        auto size = detail::read_raw<std::uint64_t>(rest);
+        if (size > rest.size() || (t != 'r' && t != 'e') || w.in_flight.empty())
+          throw std::invalid_argument("malformed results");
+        Chunk c = std::move(w.in_flight.front());
+        w.in_flight.pop_front();
+        ++w.answered;
+        ++progress_done;
+        if (c.last) --w.messages;
+        auto& batch = c.job->batch;
+        batch = run_ns < detail::kTinyChunkNs ? std::min(batch * 2, detail::kMaxBatch) : 1;
+        if (static_cast<std::size_t>(w.id) < stats.size()) {
+          auto& st = stats[static_cast<std::size_t>(w.id)];
+          ++st.chunks;
+          st.working += std::chrono::duration<double>(std::chrono::nanoseconds(run_ns));
+        }
+        records.push_back(Record{std::move(c), t, rest.first(static_cast<std::size_t>(size))});
+        rest = rest.subspan(static_cast<std::size_t>(size));
+      }
+    } catch (const std::exception& e) {
+      get_logger().warning("pool: unexpected message from worker " + std::to_string(w.number) + ": " + e.what());
+    }
+  }
+
+  // Reads what a worker sent (everything up to EOF when drain).
   void read_from(Worker& w, bool drain) {
+    Completions done;
+    {
+      std::lock_guard read_lock(w.read_mutex);
+      read_locked(w, drain, done);
+    }
+    done.deliver();
+  }
+  void read_locked(Worker& w, bool drain, Completions& done) {
     int resets = 0;
     for (int n = 0; n < 256 || drain; ++n) {
       if (w.eof) return;
       Bytes msg;
       try {
-        if (n > 0 && !w.conn.poll(Duration(0))) return;
+        if (!drain && !w.conn.poll(Duration(0))) return;  // another thread took it
         msg = w.conn.recv_bytes();
       } catch (const std::system_error& e) {
         // A worker that died with chunks unread in its socket makes the kernel report
@@ -495,40 +940,75 @@ struct Pool::Impl {
         w.eof = true;
         return;
       }
-      if (msg.empty()) continue;
-      char tag = static_cast<char>(msg[0]);
-      if (tag == 'k') {
-        w.ready = true;
-        continue;
-      }
-      Chunk chunk;
-      {
-        std::lock_guard lock(mutex);
-        if ((tag != 'r' && tag != 'e') || w.in_flight.empty()) {
-          get_logger().warning("pool: unexpected message from worker " + std::to_string(w.number));
-          continue;
-        }
-        chunk = std::move(w.in_flight.front());
-        w.in_flight.pop_front();
-      }
-      std::span<const std::byte> body = std::span<const std::byte>(msg).subspan(1);
-      if (tag == 'r') {
-        chunk.job->chunk_done(chunk.chunk.index, body);
-      } else {
-        std::exception_ptr error;
-        try {
-          error = detail::make_task_exception(mp::loads<detail::TaskError>(body));
-        } catch (...) {
-          error = std::current_exception();
-        }
-        chunk.job->chunk_failed(chunk.chunk.index, error);
-      }
+      handle(w, std::move(msg), done);
     }
   }
 
-  // A worker's sentinel fired: fail the chunk it was running, requeue the others, replace it.
+  // PoolWaiter: a thread waiting for job reads the pipe of the worker running it.
+  void help(const detail::PoolJob* job, bool (*done)(void*), void* ctx,
+            std::optional<std::chrono::steady_clock::time_point> deadline) override {
+    if (mpi) return mpi->help(done, ctx, deadline);
+    std::shared_ptr<Worker> w;
+    {
+      std::lock_guard lock(mutex);
+      if (state == State::terminated) return;
+      for (auto& candidate : workers) {
+        if (!candidate->eof && !candidate->dead && !candidate->in_flight.empty() &&
+            candidate->in_flight.front().job.get() == job) {
+          w = candidate;
+          break;
+        }
+      }
+    }
+    if (!w || w->direct.exchange(true)) return;
+    struct Release {
+      Worker& w;
+      ~Release() { w.direct = false; }
+    } release{*w};
+    // Best effort: on any failure (or a long task), the caller waits on its condition variable
+    // and the dispatcher delivers the result.
+    try {
+      auto start = std::chrono::steady_clock::now();
+      auto spin_until = start + detail::kWaiterSpin;
+      while (!done(ctx)) {
+        {
+          std::lock_guard lock(mutex);
+          if (state == State::terminated || w->eof || w->dead || w->in_flight.empty() ||
+              w->in_flight.front().job.get() != job)
+            return;
+        }
+        auto now = std::chrono::steady_clock::now();
+        if (deadline && now >= *deadline) return;
+        if (now - start > detail::kHelpLimit) return;
+        bool readable;
+        Completions arrived;
+        {
+          // Under the read lock: shut_down() closes the pipe under it, after setting eof.
+          std::lock_guard read_lock(w->read_mutex);
+          if (w->eof) return;
+          if (now < spin_until) {
+            readable = w->conn.poll(Duration(0));
+          } else {
+            auto slice = std::chrono::duration_cast<std::chrono::steady_clock::duration>(detail::kHelpSlice);
+            if (deadline) slice = std::min(slice, *deadline - now);
+            readable = w->conn.poll(std::chrono::duration<double>(slice));
+          }
+          if (readable) read_locked(*w, false, arrived);
+        }
+        arrived.deliver();
+        if (readable) {
+          std::lock_guard lock(mutex);
+          if (!queue.empty()) assign_locked(false);
+        }
+      }
+    } catch (const std::exception&) {
+    }
+  }
+
+  // A worker's sentinel fired: fail the chunk it was running, run the others elsewhere, replace it.
   void bury(std::size_t i) {
-    Worker& w = *workers[i];
+    std::shared_ptr<Worker> wp = workers[i];
+    Worker& w = *wp;
     {
       std::lock_guard lock(mutex);
       w.dead = true;
@@ -539,22 +1019,40 @@ struct Pool::Impl {
     std::string who = w.process.name() + " (pid " + std::to_string(w.process.pid().value_or(0)) + ")";
     auto& log = get_logger();
     std::optional<Chunk> lost;
+    std::int64_t started = detail::load(w.slot.get_obj().chunks_started);
     {
       std::lock_guard lock(mutex);
       w.eof = true;
-      if (!w.in_flight.empty()) {
-        lost = std::move(w.in_flight.front());
-        w.in_flight.pop_front();
+      retire_locked(w);
+      // Chunks are answered in order: those before the one it was running finished but their
+      // results died with it (they run again), those after it never started.
+      std::deque<Chunk> again;
+      for (auto& c : w.in_flight) {
+        if (c.seq == started - 1 && !lost) {
+          lost = std::move(c);
+        } else {
+          again.push_back(std::move(c));
+        }
       }
-      while (!w.in_flight.empty()) {
-        queue.push_front(std::move(w.in_flight.back()));
-        w.in_flight.pop_back();
-      }
+      w.in_flight.clear();
+      for (auto it = again.rbegin(); it != again.rend(); ++it) queue.push_front(std::move(*it));
     }
     if (lost) {
-      std::string what = "mp: pool worker " + who + " " + detail::describe_exit(code) + " while running a task";
-      if (log.is_enabled_for(levels::warning)) log.warning(what);
-      lost->job->chunk_failed(lost->chunk.index, std::make_exception_ptr(WorkerLostError(what)));
+      {
+        std::lock_guard lock(mutex);
+        ++progress_done;
+      }
+      std::exception_ptr error;
+      if (w.timed_out && *w.timed_out == lost->seq) {
+        std::string what = "mp: a task ran past its time limit; pool worker " + who + " was killed";
+        if (log.is_enabled_for(levels::warning)) log.warning(what);
+        error = std::make_exception_ptr(TaskTimeLimitExceeded(what));
+      } else {
+        std::string what = "mp: pool worker " + who + " " + detail::describe_exit(code) + " while running a task";
+        if (log.is_enabled_for(levels::warning)) log.warning(what);
+        error = std::make_exception_ptr(WorkerLostError(what));
+      }
+      lost->job->chunk_failed(lost->chunk.index, error);
     } else if (log.is_enabled_for(levels::debug)) {
       log.debug("pool worker " + who + " " + detail::describe_exit(code));
     }
@@ -562,12 +1060,16 @@ struct Pool::Impl {
       w.process.close();
     } catch (...) {
     }
-    std::unique_ptr<Worker> gone;
-    {
-      std::lock_guard lock(mutex);
-      gone = std::move(workers[i]);
-      workers.erase(workers.begin() + static_cast<std::ptrdiff_t>(i));
-    }
+    std::lock_guard lock(mutex);
+    workers.erase(workers.begin() + static_cast<std::ptrdiff_t>(i));
+  }
+
+  // Closed: whether an imap's input may still bring work (until join()).
+  bool input_pending() {
+    std::lock_guard lock(mutex);
+    if (joining) return false;
+    std::erase_if(lazy_jobs, [](const std::weak_ptr<detail::PoolJob>& j) { return j.expired(); });
+    return !lazy_jobs.empty();
   }
 
   bool work_left() {
@@ -584,7 +1086,105 @@ struct Pool::Impl {
     return state;
   }
 
+  // The limits of the task w is running: signals a soft limit, kills the worker at a hard one.
+  // Returns when to look again (nullopt: no limit applies).
+  std::optional<std::chrono::steady_clock::time_point> check_limits(Worker& w) {
+    std::optional<Duration> soft, hard;
+    std::int64_t seq;
+    {
+      std::lock_guard lock(mutex);
+      if (w.dead || w.eof || w.in_flight.empty() || w.timed_out) return std::nullopt;
+      seq = detail::load(w.slot.get_obj().chunks_started) - 1;
+      if (seq < w.answered) {
+        // Its next chunk has not started yet: look again soon if a limit will apply to it.
+        auto& job = *w.in_flight.front().job;
+        if (job.soft_time_limit || job.time_limit || soft_time_limit || time_limit)
+          return std::chrono::steady_clock::now() + detail::kLimitRecheck;
+        return std::nullopt;
+      }
+      auto index = static_cast<std::size_t>(seq - w.answered);
+      if (index >= w.in_flight.size()) return std::nullopt;
+      auto& job = *w.in_flight[index].job;
+      soft = job.soft_time_limit ? job.soft_time_limit : soft_time_limit;
+      hard = job.time_limit ? job.time_limit : time_limit;
+    }
+    if (!soft && !hard) return std::nullopt;
+    auto& slot = w.slot.get_obj();
+    std::int64_t task = detail::load(slot.tasks_started);
+    auto started = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(detail::load(slot.task_started_ns)));
+    auto now = std::chrono::steady_clock::now();
+    std::optional<std::chrono::steady_clock::time_point> next;
+    auto at = [&](Duration d) { return started + std::chrono::duration_cast<std::chrono::nanoseconds>(d); };
+    if (soft && w.soft_signalled != task) {
+      if (now >= at(*soft)) {
+        detail::store(slot.soft_expired_task, task);
+        w.soft_signalled = task;
+      } else {
+        next = at(*soft);
+      }
+    }
+    if (hard) {
+      if (now >= at(*hard)) {
+        w.timed_out = seq;
+        try {
+          w.process.kill();
+        } catch (...) {
+        }
+      } else {
+        next = next ? std::min(*next, at(*hard)) : at(*hard);
+      }
+    }
+    return next;
+  }
+
+  // Writes the progress line when due (every kProgressEvery, and once when a run of work ends);
+  // returns when to write it next.
+  std::optional<std::chrono::steady_clock::time_point> show_progress() {
+    if (progress_fd < 0) return std::nullopt;
+    std::string line;
+    std::optional<std::chrono::steady_clock::time_point> next;
+    {
+      std::lock_guard lock(mutex);
+      if (progress_shown_done) return std::nullopt;
+      auto now = std::chrono::steady_clock::now();
+      bool finished = progress_done >= progress_submitted;
+      if (!finished && now - progress_last < detail::kProgressEvery) return progress_last + detail::kProgressEvery;
+      progress_last = now;
+      double elapsed = std::chrono::duration<double>(now - progress_start).count();
+      double rate = elapsed > 0 ? static_cast<double>(progress_done) / elapsed : 0.0;
+      char buf[160];
+      if (finished) {
+        std::snprintf(buf, sizeof buf, "\r[pool] %lld/%lld tasks, %.1f tasks/s, done in %.1f s        \n",
+                      static_cast<long long>(progress_done), static_cast<long long>(progress_submitted), rate, elapsed);
+        progress_shown_done = true;
+      } else {
+        double eta = rate > 0 ? static_cast<double>(progress_submitted - progress_done) / rate : 0.0;
+        std::snprintf(buf, sizeof buf, "\r[pool] %lld/%lld tasks, %.1f tasks/s, ETA %.1f s        ",
+                      static_cast<long long>(progress_done), static_cast<long long>(progress_submitted), rate, eta);
+        next = now + detail::kProgressEvery;
+      }
+      line = buf;
+    }
+    try {
+      detail::posix::write_all(progress_fd, std::as_bytes(std::span(line.data(), line.size())));
+    } catch (const std::exception&) {
+      // The display is gone (a closed pipe): the pool goes on without it.
+    }
+    return next;
+  }
+
+  void fail_queued(const std::exception_ptr& error) {
+    std::deque<Chunk> left;
+    {
+      std::lock_guard lock(mutex);
+      left.swap(queue);
+    }
+    for (auto& c : left) c.job->chunk_failed(c.chunk.index, error);
+  }
+
   void run() {
+    // Holds no lock across a fork: a fork child is safe with this thread running.
+    detail::ForkSafeThread fork_safe;
     try {
       loop();
     } catch (const std::exception& e) {
@@ -600,36 +1200,66 @@ struct Pool::Impl {
     while (true) {
       State s = current_state();
       if (s == State::terminated) return;
-      if (s == State::closed && !work_left()) return;
+      bool waiting_for_input = false;
+      if (s == State::closed && !work_left()) {
+        if (!input_pending()) return;
+        waiting_for_input = true;  // an iterator that is dropped does not wake us: look again
+      }
       // Replace workers that ended (maxtasksperchild, deaths) while there is a use for them.
       restart_failed = false;
       while (static_cast<int>(workers.size()) < processes && (s == State::running || work_left())) {
         try {
-          start_worker();
+          start_worker(free_id());
         } catch (const std::exception& e) {
           get_logger().error(std::string("pool could not start a worker: ") + e.what());
           restart_failed = true;
+          // With no worker left, the queued tasks would wait for one forever: they fail with
+          // the reason (e.g. ForkWithThreadsError); later tasks try again.
+          if (workers.empty()) fail_queued(std::current_exception());
           break;
         }
       }
       assign();
 
+      std::optional<std::chrono::steady_clock::time_point> wake_at;
+      if (restart_failed || waiting_for_input)
+        wake_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
       std::vector<connection::Waitable> waitables;
       waitables.reserve(1 + 2 * workers.size());
       waitables.emplace_back(wake_read);
+      if (sigint_fd >= 0) waitables.emplace_back(sigint_fd);
       for (auto& w : workers) {
-        if (!w->eof) waitables.emplace_back(w->conn);
+        if (soft_time_limit || time_limit || !w->in_flight.empty()) {
+          if (auto t = check_limits(*w)) wake_at = wake_at ? std::min(*wake_at, *t) : *t;
+        }
+        if (w->direct) {
+          // A waiting thread reads this pipe; look again soon in case it stops.
+          auto t = std::chrono::steady_clock::now() + detail::kHelpSlice;
+          wake_at = wake_at ? std::min(*wake_at, t) : t;
+        } else if (!w->eof) {
+          waitables.emplace_back(w->conn);
+        }
         waitables.emplace_back(w->process);
       }
-      auto ready = connection::wait(waitables, restart_failed ? Timeout(Duration(0.1)) : Timeout());
+      if (auto t = show_progress()) wake_at = wake_at ? std::min(*wake_at, *t) : *t;
+      Timeout timeout;
+      if (wake_at) {
+        timeout = std::max(Duration(0), std::chrono::duration<double>(*wake_at - std::chrono::steady_clock::now()));
+      }
+      auto ready = connection::wait(waitables, timeout);
       for (auto& r : ready) {
         if (r.fileno() == wake_read.fileno()) {
           (void)wake_read.recv_bytes();
           wake_pending = false;
+        } else if (sigint_fd >= 0 && r.fileno() == sigint_fd && detail::posix::take_sigint()) {
+          get_logger().warning("pool: SIGINT: terminating the pool");
+          std::lock_guard lock(mutex);
+          interrupted = true;
+          state = State::terminated;
         }
       }
       for (auto& w : workers) {
-        if (w->eof) continue;
+        if (w->eof || w->direct) continue;
         for (auto& r : ready) {
           if (r.fileno() == w->conn.fileno()) {
             read_from(*w, false);
@@ -681,23 +1311,42 @@ struct Pool::Impl {
       } catch (...) {
       }
     }
+    bool by_sigint;
+    {
+      std::lock_guard lock(mutex);
+      by_sigint = interrupted;
+    }
     for (auto& w : workers) {
+      if (!terminated) read_from(*w, false);  // exit hooks' results ('x'), sent before exiting
       auto code = w->process.exitcode();
       std::string who = w->process.name() + " (pid " + std::to_string(w->process.pid().value_or(0)) + ")";
       if (log.is_enabled_for(levels::debug)) log.debug("pool worker " + who + " " + detail::describe_exit(code));
-      for (auto& c : w->in_flight) {
-        c.job->chunk_failed(c.chunk.index,
-                            std::make_exception_ptr(WorkerLostError("mp: the pool was terminated while pool worker " +
-                                                                    who + " was running a task")));
+      std::deque<Chunk> unfinished;
+      {
+        std::lock_guard read_lock(w->read_mutex);
+        std::lock_guard lock(mutex);
+        w->eof = true;
+        retire_locked(*w);
+        unfinished.swap(w->in_flight);
       }
-      w->in_flight.clear();
+      for (auto& c : unfinished) {
+        c.job->chunk_failed(c.chunk.index,
+                            by_sigint ? std::make_exception_ptr(KeyboardInterrupt("mp: the pool was interrupted (SIGINT)"))
+                                      : std::make_exception_ptr(WorkerLostError(
+                                            "mp: the pool was terminated while pool worker " + who +
+                                            " was running a task")));
+      }
       try {
+        std::lock_guard read_lock(w->read_mutex);
         w->conn.close();
         w->process.close();
       } catch (...) {
       }
     }
-    workers.clear();
+    {
+      std::lock_guard lock(mutex);
+      workers.clear();
+    }
     std::deque<Chunk> left;
     {
       std::lock_guard lock(mutex);
@@ -705,7 +1354,8 @@ struct Pool::Impl {
     }
     for (auto& c : left) {
       c.job->chunk_failed(c.chunk.index,
-                          std::make_exception_ptr(ProcessError("mp: the pool was terminated before the task ran")));
+                          by_sigint ? std::make_exception_ptr(KeyboardInterrupt("mp: the pool was interrupted (SIGINT)"))
+                                    : std::make_exception_ptr(ProcessError("mp: the pool was terminated before the task ran")));
     }
   }
 };
@@ -740,6 +1390,11 @@ void Pool::submit(std::shared_ptr<detail::PoolJob> job, std::vector<detail::Pool
   impl_->submit(std::move(job), std::move(chunks));
 }
 
+std::weak_ptr<detail::PoolWaiter> Pool::waiter() const {
+  if (!impl_) throw std::logic_error("mp: use of a moved-from Pool");
+  return std::static_pointer_cast<detail::PoolWaiter>(impl_);
+}
+
 void Pool::check_running() const {
   if (!impl_) throw std::logic_error("mp: use of a moved-from Pool");
   std::lock_guard lock(impl_->mutex);
@@ -747,9 +1402,61 @@ void Pool::check_running() const {
     throw std::logic_error("mp: Pool not running (it was closed or terminated)");
 }
 
+PoolInsights Pool::insights() const {
+  if (!impl_) throw std::logic_error("mp: use of a moved-from Pool");
+  return impl_->insights();
+}
+
+std::vector<Bytes> Pool::exit_results_bytes() const {
+  if (!impl_) throw std::logic_error("mp: use of a moved-from Pool");
+  std::lock_guard lock(impl_->mutex);
+  return impl_->exit_results;
+}
+
+std::string PoolInsights::summary() const {
+  auto ms = [](Duration d) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f ms", d.count() * 1e3);
+    return std::string(buf);
+  };
+  std::string out = "pool insights: " + std::to_string(workers.size()) + " workers\n";
+  WorkerInsights total;
+  for (auto& w : workers) {
+    out += "  worker " + std::to_string(w.worker_id) + " (pid " + std::to_string(w.pid) + ", " + std::to_string(w.starts) +
+           " start(s)): " + std::to_string(w.chunks) + " chunks, start-up " + ms(w.start_up) + ", working " +
+           ms(w.working) + ", waiting " + ms(w.waiting) + "\n";
+    total.chunks += w.chunks;
+    total.start_up += w.start_up;
+    total.working += w.working;
+    total.waiting += w.waiting;
+  }
+  double busy = total.working.count() + total.waiting.count();
+  char pct[32];
+  std::snprintf(pct, sizeof pct, "%.0f%%", busy > 0 ? 100.0 * total.working.count() / busy : 0.0);
+  out += "  total: " + std::to_string(total.chunks) + " chunks, start-up " + ms(total.start_up) + ", working " +
+         ms(total.working) + " (" + pct + " of the workers' time), waiting " + ms(total.waiting) + "\n";
+  return out;
+}
+
 std::size_t Pool::processes() const {
   if (!impl_) throw std::logic_error("mp: use of a moved-from Pool");
   return static_cast<std::size_t>(impl_->processes);
 }
+
+namespace pool {
+
+int worker_id() noexcept { return detail::g_worker_id; }
+
+bool soft_time_limit_exceeded() noexcept {
+  if (!detail::g_slot || !detail::g_timed) return false;
+  auto task = detail::load(detail::g_slot->tasks_started);
+  return detail::load(detail::g_slot->soft_expired_task) == task;
+}
+
+void check_soft_time_limit() {
+  if (soft_time_limit_exceeded()) throw SoftTimeLimitExceeded("mp: the task ran past its soft time limit");
+}
+
+}  // namespace pool
 
 }  // namespace mp

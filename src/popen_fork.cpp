@@ -3,11 +3,13 @@
 #include <cstdio>
 #include <iostream>
 
+#include "fork_safety.hpp"
 #include "process_impl.hpp"
 
 namespace mp::detail {
 
 std::unique_ptr<Popen> popen_fork(StartRequest& request) {
+  check_fork_with_threads();  // warns or throws (set_fork_with_threads) while other threads run
   // Buffered output written before start() must not be written twice (once by each process).
   std::cout.flush();
   std::cerr.flush();

@@ -16,6 +16,7 @@
 #include <mutex>
 
 #include "process_impl.hpp"
+#include "mpi/mpi_backend.hpp"
 
 namespace mp {
 
@@ -378,7 +379,8 @@ void Process::start() {
         request.handle_fds = exported.fds();
       }
     }
-    popen = method == "spawn" ? detail::popen_spawn(request) : detail::popen_forkserver(request);
+    // A Process of the "mpi" context is a local child of this rank, started as spawn would.
+    popen = method == "spawn" || method == "mpi" ? detail::popen_spawn(request) : detail::popen_forkserver(request);
   }
   im.popen = std::move(popen);
   im.starter_pid = posix::current_pid();
@@ -536,6 +538,8 @@ void freeze_support(int argc, char** argv) {
     }
   }
   detail::remember_argv(argc, argv);
+  // Under mpirun: ranks >= 1 become pool workers of the "mpi" start method and never return.
+  detail::mpi::freeze_support(argc, argv);
 }
 
 }  // namespace mp

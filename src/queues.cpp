@@ -22,27 +22,46 @@
 //
 // Large items (> kInlineMax): why a side socket rather than chunks through the ring. Chunks would
 // tie a consumer to one producer's stream for the whole item and hold small items up behind a
-// 1 GiB one. Instead put() copies the bytes into a fresh memfd (outside any lock), then, under the
-// producers' lock, sends its fd on the queue's SOCK_SEQPACKET socketpair tagged with a sequence id and
-// commits a marker record with the same id. The consumer that pops the marker receives, still
-// under the consumers' lock, the socket's next messages: ids below the marker's are strays left by a process
-// killed between the two steps (their memfd is simply closed); the marker's own message is always
-// there, since it was sent before the marker was committed. The number of markers in the ring is
-// capped (kMaxOutOfLine, counted by id), so the socket's buffer never fills and a send never
-// blocks under the lock. The memfd is freed when its last fd and mapping go: nothing is left in /dev/shm.
+// 1 GiB one. Instead put() copies the bytes into a memfd segment (outside any lock), then, under
+// the producers' lock, sends its fd on the queue's SOCK_SEQPACKET socketpair tagged with a sequence
+// id and commits a marker record with the same id. The consumer that pops the marker receives,
+// still under the consumers' lock, the socket's next messages: ids below the marker's are strays
+// left by a process killed between the two steps (their memfd is simply closed); the marker's own
+// message is always there, since it was sent before the marker was committed. The markers in the
+// ring are capped in number (kMaxOutOfLine, counted by id) and in bytes (kOutOfLineBytes, counted
+// by a running total each marker carries), so the socket's buffer never fills, a send never
+// blocks under the lock, and a stream of large items does not pile up memory.
+//
+// Segments are recycled (a fresh memfd per item cost its pages' allocation, zeroing and one page
+// fault each on both sides: 0.04 of memcpy for 4 MiB items). Whoever holds a segment's fd owns
+// the segment: a consumer that has decoded an item sends the fd back on the socketpair's other
+// direction (the pool); a producer takes one from there (without waiting) before it creates a new
+// one. Each process keeps its mappings of the segments it used (QueueCore's cache, keyed by inode
+// and a random token stamped at the segment's start), so that a steady stream costs one memcpy in
+// and one memcpy out, no mmap and no page fault (mappings are populated at once: MADV_POPULATE).
+// A process killed while it holds a segment's fd loses that segment, nothing else: the kernel
+// frees it with the last fd and mapping, and the other processes' caches let go of it as they
+// evict. The pool is capped in bytes (pool_bytes, conservative: a kill between a count and its
+// send leaves it high, which only recycles less), and segments over kRecycleMax are never kept.
+// A memfd has no name: nothing is ever left in /dev/shm.
 #include <multiprocessing/detail/queue_core.hpp>
 #include <multiprocessing/logging.hpp>
 #include <multiprocessing/reduction.hpp>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <climits>
 #include <cstring>
+#include <mutex>
+#include <random>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "posix/fd.hpp"
 #include "posix/futex.hpp"
+#include "posix/segments.hpp"
 #include "posix/shm.hpp"
 #include "posix/socket.hpp"
 #include "semlock.hpp"
@@ -56,12 +75,23 @@ constexpr BlockType kQueueBlockType = static_cast<BlockType>(0x5155);  // "QU"
 constexpr std::uint64_t kRingBytes = std::uint64_t{1} << 20;
 constexpr std::size_t kInlineMax = 256 * 1024;
 constexpr std::uint64_t kMaxOutOfLine = 64;
+constexpr std::uint64_t kOutOfLineBytes = std::uint64_t{32} << 20;  // a large put waits beyond this in flight
+constexpr std::size_t kRecycleMax = std::size_t{16} << 20;         // larger segments are used once
+constexpr std::size_t kSegmentGrain = std::size_t{64} << 10;       // capacities are multiples of this
+constexpr std::size_t kSegmentHeader = 64;                          // a recycled segment: [token] then the item
+constexpr std::uint64_t kPoolBytesMax = std::uint64_t{32} << 20;    // returned segments kept at most
+constexpr std::size_t kCacheEntries = 16;                            // per process and queue
+constexpr std::size_t kCacheBytes = std::size_t{96} << 20;
+constexpr std::uint64_t kSegmentTag = 0x746e656d676553ull;           // "Segment": a pool message
 constexpr std::uint32_t kInline = 1;
 constexpr std::uint32_t kOutOfLine = 2;
 constexpr std::uint64_t kRecordHeader = 8;
-// Spin iterations (a pause each, re-checking the ring) before a waiter sleeps: ~20 us, longer
-// than a hand-off to a process running on another CPU takes, far shorter than a futex round trip.
-constexpr int kSpins = 512;
+// The adaptive wait's spin, in time rather than pauses (a pause lasts 3 to 150 cycles depending
+// on the CPU): at most 40 us, longer than a hand-off to a process running on another CPU takes
+// and far shorter than a futex round trip; at least 1 us, so that the budget can grow back.
+constexpr std::int64_t kSpinMaxNs = 40'000;
+constexpr std::int64_t kSpinMinNs = 1'000;
+constexpr std::int64_t kSpinStartNs = 10'000;
 constexpr int kSpinsPerLook = 8;
 
 // One side of the ring: the producers' or the consumers'. Each side has its own lock, so that a
@@ -75,6 +105,7 @@ struct alignas(64) Side {
   std::uint64_t pending_items;
   std::uint64_t other_pos;  // the other side's position as last read (a bound: it only grows)
   std::uint64_t oob_id;     // producers: the next out-of-line id; consumers: the last taken + 1
+  std::uint64_t oob_bytes;  // producers: out-of-line bytes committed in all; consumers: taken
 };
 
 struct alignas(64) Published {
@@ -98,12 +129,42 @@ struct alignas(64) QueueBlock {
   alignas(64) std::atomic<std::uint64_t> tasks_done;  // JoinableQueue: unfinished = items put - this
   std::atomic<std::uint32_t> done_seq;                // futex: bumped when unfinished reaches 0
   std::atomic<std::uint32_t> join_waiters;
+  alignas(64) std::atomic<std::uint64_t> pool_bytes;  // capacity of the segments in the pool
 };
 
 struct OutOfLineMarker {
   std::uint64_t id;
   std::uint64_t size;
+  std::uint64_t bytes_end;  // the producers' oob_bytes once this item is counted
 };
+
+// A large item's segment as mapped in this process (shared by the cache and the leases). Its
+// identity is its inode (stable while the cache's mapping holds the file) and the random token
+// written at its start when it was made: inode numbers of the kernel's internal mounts are 32-bit
+// and wrap, and a mapping taken for another segment would corrupt items.
+struct Segment {
+  std::uint64_t inode;
+  std::uint64_t token;
+  posix::Mapping map;
+  std::byte* item() const noexcept { return static_cast<std::byte*>(map.data()) + kSegmentHeader; }
+};
+
+std::uint64_t new_token() noexcept {
+  static std::atomic<std::uint64_t> counter{std::random_device{}()};
+  std::uint64_t z = counter.fetch_add(0x9e3779b97f4a7c15ull, std::memory_order_relaxed) ^
+                    (std::uint64_t{posix::own_pid()} << 40);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;  // splitmix64
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+constexpr std::size_t round_up(std::size_t n, std::size_t grain) { return (n + grain - 1) / grain * grain; }
+
+void saturating_sub(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
+  std::uint64_t cur = counter.load(std::memory_order_relaxed);
+  while (!counter.compare_exchange_weak(cur, cur - std::min(cur, n), std::memory_order_relaxed)) {
+  }
+}
 
 constexpr std::uint64_t record_size(std::uint64_t payload) { return kRecordHeader + ((payload + 7) & ~std::uint64_t{7}); }
 
@@ -112,7 +173,7 @@ thread_local Bytes t_get_buffer;
 
 }  // namespace
 
-class QueueCore {
+class QueueCore : public std::enable_shared_from_this<QueueCore> {
  public:
   QueueCore(std::shared_ptr<SharedBlock> block, posix::UniqueFd send_end, posix::UniqueFd recv_end)
       : block_(std::move(block)),
@@ -121,7 +182,8 @@ class QueueCore {
         send_end_(std::move(send_end)),
         recv_end_(std::move(recv_end)) {}
 
-  bool put(std::span<const std::byte> item, bool block, Timeout timeout);
+  // The item is head then body (two parts, so that a container's elements are copied once).
+  bool put(std::span<const std::byte> head, std::span<const std::byte> body, bool block, Timeout timeout);
   bool get(bool block, Timeout timeout, std::span<const std::byte>& view, std::shared_ptr<void>& keep);
   void task_done();
   void join();
@@ -138,8 +200,11 @@ class QueueCore {
   int send_fd() const noexcept { return send_end_.get(); }
   int recv_fd() const noexcept { return recv_end_.get(); }
   std::atomic<bool> closed{false};
-  std::atomic<int> put_spins{kSpins};  // wait_loop's adaptive spin budgets, this process's
-  std::atomic<int> get_spins{kSpins};
+  std::atomic<std::int64_t> put_spin_ns{kSpinStartNs};  // wait_loop's adaptive spin budgets, this process's
+  std::atomic<std::int64_t> get_spin_ns{kSpinStartNs};
+
+  /// Hands a segment whose item was decoded back to the pool (or lets it go when the pool is full).
+  void give_back(posix::UniqueFd fd, std::size_t capacity) noexcept;
 
  private:
   bool lock(Side& side, const Published& pub, const posix::Deadline& deadline);
@@ -150,20 +215,32 @@ class QueueCore {
     side.pending_pos = pos;
     side.pending_items = items;
     // The count first, so that an item that can be taken is already counted (task_done() checks
-    // against it). seq_cst on the position: with the armed word read next (wake_armed), a Dekker
-    // pair against a waiter that arms and then reads the position (wait_loop).
+    // against it). With the armed word read after the unlock (wake_armed), a Dekker pair against a
+    // waiter that arms and then reads the position (wait_loop): the store must be ordered before
+    // that load. A seq_cst store costs a locked instruction on x86; the unlock's exchange, which
+    // comes in between, is one already (and on AArch64 a store-release is never reordered with a
+    // later load-acquire), so a release store suffices and a put or get costs two locked
+    // instructions (lock, unlock) instead of three.
     pub.items.store(items, std::memory_order_release);
-    pub.pos.store(pos, std::memory_order_seq_cst);
+    pub.pos.store(pos, std::memory_order_release);
   }
   void copy_in(std::uint64_t pos, const void* src, std::size_t n) noexcept;
   void copy_out(std::uint64_t pos, void* dst, std::size_t n) const noexcept;
   // One attempt under the lock; Attempt::retry when the lock was not taken in time.
   enum class Attempt { done, no_room, timed_out };
-  Attempt try_put(std::span<const std::byte> item, posix::UniqueFd* oob_fd, const posix::Deadline& deadline);
+  Attempt try_put(std::span<const std::byte> head, std::span<const std::byte> body, posix::UniqueFd* oob_fd,
+                  const posix::Deadline& deadline);
   Attempt try_get(std::span<const std::byte>& view, std::shared_ptr<void>& keep, const posix::Deadline& deadline);
   bool receive_out_of_line(const OutOfLineMarker& marker, std::span<const std::byte>& view, std::shared_ptr<void>& keep);
-  // Called after a seq_cst store of the changed state (publish()), which orders it before the
-  // load of the armed word: a Dekker pair with wait_loop's store of 1 and its next attempt.
+  // A segment of at least size bytes for put(), its fd in fd: from the pool, else a new one.
+  // nullptr (fd set, not mapped) for an item too large to recycle.
+  std::shared_ptr<Segment> acquire_segment(std::size_t size, posix::UniqueFd& fd);
+  // This process's mapping of the recycled segment behind fd (cached by inode and token);
+  // nullptr when fd is not one.
+  std::shared_ptr<Segment> map_segment(int fd, const posix::FileInfo& info);
+  std::shared_ptr<Segment> cache_insert(std::shared_ptr<Segment> segment);
+  // Called after publish() and the unlock (whose exchange orders the published position before
+  // the load of the armed word): a Dekker pair with wait_loop's store of 1 and its next attempt.
   static void wake_armed(std::atomic<std::uint32_t>& armed) noexcept {
     if (armed.load(std::memory_order_seq_cst) != 0 && armed.exchange(0, std::memory_order_seq_cst) != 0) {
       posix::futex_wake(armed, INT_MAX);
@@ -181,52 +258,87 @@ class QueueCore {
   std::byte* ring_;
   posix::UniqueFd send_end_;
   posix::UniqueFd recv_end_;
+  std::mutex cache_mutex_;
+  std::vector<std::shared_ptr<Segment>> cache_;  // least recently used first
+  std::size_t cache_bytes_ = 0;
 };
 
 namespace {
+
+// What a consumer holds while it decodes a large item from a recycled segment: the mapping and
+// the segment's fd, handed back to the pool when the decoding is over.
+struct Lease {
+  std::shared_ptr<QueueCore> core;
+  std::shared_ptr<Segment> segment;
+  posix::UniqueFd fd;
+  std::size_t capacity;
+  Lease(std::shared_ptr<QueueCore> c, std::shared_ptr<Segment> s, posix::UniqueFd f, std::size_t cap)
+      : core(std::move(c)), segment(std::move(s)), fd(std::move(f)), capacity(cap) {}
+  Lease(const Lease&) = delete;
+  Lease& operator=(const Lease&) = delete;
+  ~Lease() { core->give_back(std::move(fd), capacity); }
+};
 
 // The adaptive wait shared by put and get: attempt; on "no room" spin a little re-attempting,
 // then arm the futex word and sleep on it until it is cleared or the deadline passes. Arming
 // precedes the attempt that decides to sleep, and the other side clears the word (and wakes)
 // after its change: so a change is never missed (the futex refuses to sleep on a cleared word).
 //
-// The spin is adaptive (per process and direction, as glibc's adaptive mutexes): a spin that ends
-// in a sleep halves the next one, a spin that succeeds doubles it back. When the other side runs
-// on another CPU, items arrive within the spin and nobody sleeps; when both share a CPU (or the
-// machine is overloaded), spinning only delays the other side, and the waiter soon sleeps at once.
+// The spin is adaptive (per process and direction, as glibc's adaptive mutexes), in time: a wait
+// that succeeds while spinning keeps a budget of at least twice what it took (up to kSpinMaxNs);
+// a spin that ends in a sleep halves it, down to kSpinMinNs. The floor matters: the budget used to
+// fall to zero after a few sleeps and then never grew back (only a successful spin grows it), so
+// a ping-pong paid a futex round trip per message for good once the machine had been busy for a
+// moment. When the other side runs on another CPU, items arrive within the spin and nobody
+// sleeps; when it is not on a CPU (more runnable tasks than CPUs), spinning only delays it, and
+// the budget soon shrinks to the floor. Tried and dropped: a growth rule on "near misses" (a sleep
+// that ended soon; on a loaded machine the other side often got to run only because this one
+// slept) and sched_yield() while spinning (a yielding task waits behind every other runnable one:
+// 1.9 us instead of 0.5 us per round trip on a quiet machine, no better on a loaded one).
 template <class Attempt, class Ready>
-bool wait_loop(Attempt attempt, Ready ready, std::atomic<std::uint32_t>& armed, std::atomic<int>& spin_limit,
+bool wait_loop(Attempt attempt, Ready ready, std::atomic<std::uint32_t>& armed, std::atomic<std::int64_t>& spin_ns,
                bool block, const posix::Deadline& deadline) {
   using R = decltype(attempt());
+  using Clock = std::chrono::steady_clock;
   R r = attempt();
   if (r == R::done) return true;
   if (r == R::timed_out || !block) return false;
-  const int limit = spin_limit.load(std::memory_order_relaxed);
-  for (int i = 1; i <= limit; ++i) {
-    posix::spin_pause();
-    // Looked at every few pauses only: each look pulls the other side's cache line over, which
-    // stalls that side's next publish; a burst of items then travels in one go.
-    if (i % kSpinsPerLook == 0 && ready()) {
+  const std::int64_t budget = spin_ns.load(std::memory_order_relaxed);
+  const Clock::time_point start = Clock::now();
+  auto elapsed_ns = [&start](Clock::time_point now) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(now - start).count();
+  };
+  for (;;) {
+    // The other side is looked at every few pauses only: each look pulls its cache line over,
+    // which stalls that side's next publish; a burst of items then travels in one go.
+    for (int i = 0; i < kSpinsPerLook; ++i) posix::spin_pause();
+    const Clock::time_point now = Clock::now();
+    const std::int64_t waited = elapsed_ns(now);
+    if (ready()) {
       r = attempt();
       if (r == R::done) {
-        spin_limit.store(std::min(kSpins, 2 * limit + kSpinsPerLook), std::memory_order_relaxed);
+        if (2 * waited > budget) spin_ns.store(std::min(kSpinMaxNs, 2 * waited), std::memory_order_relaxed);
         return true;
       }
       if (r == R::timed_out) return false;
     }
+    if (waited >= budget || (deadline && now >= *deadline)) break;
   }
-  spin_limit.store(limit / 2, std::memory_order_relaxed);
+  const auto adapt_after_sleep = [&] { spin_ns.store(std::max(kSpinMinNs, budget / 2), std::memory_order_relaxed); };
   for (;;) {
     // Armed before the attempt that decides to sleep: a change published after that attempt
     // finds the word armed and wakes this waiter (the futex refuses to sleep on a cleared word).
     armed.store(1, std::memory_order_seq_cst);
     r = attempt();
-    if (r == R::done) return true;
+    if (r == R::done) {
+      adapt_after_sleep();
+      return true;
+    }
     if (r == R::timed_out) return false;
-    if (deadline && std::chrono::steady_clock::now() >= *deadline) return false;
+    if (deadline && Clock::now() >= *deadline) return false;
     // A slice bounds the sleep so that a waiter also notices a change made by a process that died
     // before it could wake anyone (killed right after a commit).
-    posix::Deadline slice = std::chrono::steady_clock::now() + kLivenessSlice;
+    posix::Deadline slice = Clock::now() + kLivenessSlice;
     if (deadline && *deadline < *slice) slice = deadline;
     posix::futex_wait(armed, 1, slice);
   }
@@ -271,27 +383,35 @@ void QueueCore::copy_out(std::uint64_t pos, void* dst, std::size_t n) const noex
   if (first < n) std::memcpy(static_cast<std::byte*>(dst) + first, ring_, n - first);
 }
 
-QueueCore::Attempt QueueCore::try_put(std::span<const std::byte> item, posix::UniqueFd* oob_fd,
-                                      const posix::Deadline& deadline) {
+QueueCore::Attempt QueueCore::try_put(std::span<const std::byte> head, std::span<const std::byte> body,
+                                      posix::UniqueFd* oob_fd, const posix::Deadline& deadline) {
   QueueBlock& q = *shared_;
   Side& side = q.put_side;
   if (!lock(side, q.put_pub, deadline)) return Attempt::timed_out;
   const std::uint64_t tail = q.put_pub.pos.load(std::memory_order_relaxed);
   const std::uint64_t items = q.put_pub.items.load(std::memory_order_relaxed);
-  const std::uint64_t payload = oob_fd ? sizeof(OutOfLineMarker) : item.size();
+  const std::uint64_t size = head.size() + body.size();
+  const std::uint64_t payload = oob_fd ? sizeof(OutOfLineMarker) : size;
   const std::uint64_t need = record_size(payload);
   // The consumers' head is read only when the bound kept from the last reading says "no room".
   if (q.capacity - (tail - side.other_pos) < need) side.other_pos = q.get_pub.pos.load(std::memory_order_seq_cst);
   bool room = q.capacity - (tail - side.other_pos) >= need;
   if (room && q.maxsize != 0) room = items - q.get_pub.items.load(std::memory_order_acquire) < q.maxsize;
-  if (room && oob_fd) room = side.oob_id - std::atomic_ref(q.get_side.oob_id).load(std::memory_order_relaxed) < kMaxOutOfLine;
+  if (room && oob_fd) {
+    room = side.oob_id - std::atomic_ref(q.get_side.oob_id).load(std::memory_order_relaxed) < kMaxOutOfLine &&
+           side.oob_bytes - std::atomic_ref(q.get_side.oob_bytes).load(std::memory_order_relaxed) < kOutOfLineBytes;
+    // The counts run ahead of the consumers' for good when a producer died between counting its
+    // item and committing it; an empty ring has nothing in flight whatever they say.
+    if (!room) room = q.get_pub.pos.load(std::memory_order_seq_cst) == tail;
+  }
   if (!room) {
     unlock(side);
     return Attempt::no_room;
   }
   std::uint32_t header[2] = {static_cast<std::uint32_t>(payload), oob_fd ? kOutOfLine : kInline};
   if (oob_fd) {
-    OutOfLineMarker marker{side.oob_id++, item.size()};
+    side.oob_bytes += size;
+    OutOfLineMarker marker{side.oob_id++, size, side.oob_bytes};
     try {
       const int fds[1] = {oob_fd->get()};
       posix::send_with_fds(send_end_.get(), std::as_bytes(std::span(&marker, 1)), fds);
@@ -301,7 +421,8 @@ QueueCore::Attempt QueueCore::try_put(std::span<const std::byte> item, posix::Un
     }
     copy_in(tail + kRecordHeader, &marker, sizeof marker);
   } else {
-    copy_in(tail + kRecordHeader, item.data(), item.size());
+    copy_in(tail + kRecordHeader, head.data(), head.size());
+    copy_in(tail + kRecordHeader + head.size(), body.data(), body.size());
   }
   copy_in(tail, header, sizeof header);
   publish(side, q.put_pub, tail + need, items + 1);
@@ -310,25 +431,110 @@ QueueCore::Attempt QueueCore::try_put(std::span<const std::byte> item, posix::Un
   return Attempt::done;
 }
 
-bool QueueCore::put(std::span<const std::byte> item, bool block, Timeout timeout) {
+std::shared_ptr<Segment> QueueCore::cache_insert(std::shared_ptr<Segment> segment) {
+  cache_.push_back(segment);
+  cache_bytes_ += segment->map.size();
+  // The least recently used go first; a mapping still leased lives on until its lease ends.
+  while (cache_.size() > 1 && (cache_.size() > kCacheEntries || cache_bytes_ > kCacheBytes)) {
+    cache_bytes_ -= cache_.front()->map.size();
+    cache_.erase(cache_.begin());
+  }
+  return segment;
+}
+
+std::shared_ptr<Segment> QueueCore::map_segment(int fd, const posix::FileInfo& info) {
+  std::uint64_t token = 0;
+  if (info.size < kSegmentHeader || !posix::read_at(fd, &token, sizeof token, 0)) return nullptr;
+  std::lock_guard guard(cache_mutex_);
+  for (auto it = cache_.begin(); it != cache_.end(); ++it) {
+    if ((*it)->inode != info.id || (*it)->token != token) continue;
+    auto found = *it;
+    cache_.erase(it);
+    cache_bytes_ -= found->map.size();
+    if (found->map.size() == info.size) return cache_insert(std::move(found));
+    break;  // resized by someone: mapped again below
+  }
+  auto segment = std::make_shared<Segment>(Segment{info.id, token, posix::Mapping(fd, info.size)});
+  posix::populate(segment->map.data(), segment->map.size());
+  return cache_insert(std::move(segment));
+}
+
+std::shared_ptr<Segment> QueueCore::acquire_segment(std::size_t size, posix::UniqueFd& fd) {
+  if (size > kRecycleMax) {
+    fd = posix::memfd(size, "mp-queue-item");
+    return nullptr;
+  }
+  // A few looks into the pool: a segment too small for this item is let go (a stream of items of
+  // one size soon has only segments of that size).
+  for (int tries = 0; tries < 4; ++tries) {
+    std::uint64_t tag = 0;
+    std::size_t got = 0;
+    posix::UniqueFd back;
+    if (!posix::try_recv_with_fd(send_end_.get(), std::as_writable_bytes(std::span(&tag, 1)), got, back)) break;
+    if (!back || got != sizeof tag || tag != kSegmentTag) continue;
+    const posix::FileInfo info = posix::file_info(back.get());
+    saturating_sub(shared_->pool_bytes, info.size);
+    if (info.size < size + kSegmentHeader) continue;
+    if (auto segment = map_segment(back.get(), info)) {
+      fd = std::move(back);
+      return segment;
+    }
+  }
+  const std::size_t capacity = round_up(size + kSegmentHeader, kSegmentGrain);
+  fd = posix::memfd(capacity, "mp-queue-item");
+  auto segment = std::make_shared<Segment>(
+      Segment{posix::file_info(fd.get()).id, new_token(), posix::Mapping(fd.get(), capacity)});
+  posix::populate(segment->map.data(), capacity);
+  std::memcpy(segment->map.data(), &segment->token, sizeof segment->token);
+  std::lock_guard guard(cache_mutex_);
+  return cache_insert(std::move(segment));
+}
+
+void QueueCore::give_back(posix::UniqueFd fd, std::size_t capacity) noexcept {
+  if (!fd || capacity > kRecycleMax + kSegmentHeader + kSegmentGrain) return;
+  std::atomic<std::uint64_t>& pool = shared_->pool_bytes;
+  std::uint64_t cur = pool.load(std::memory_order_relaxed);
+  do {
+    if (cur + capacity > kPoolBytesMax) return;  // enough kept: this one is let go
+  } while (!pool.compare_exchange_weak(cur, cur + capacity, std::memory_order_relaxed));
+  const std::uint64_t tag = kSegmentTag;
+  if (!posix::try_send_with_fd(recv_end_.get(), std::as_bytes(std::span(&tag, 1)), fd.get())) {
+    saturating_sub(pool, capacity);
+  }
+}
+
+bool QueueCore::put(std::span<const std::byte> head, std::span<const std::byte> body, bool block, Timeout timeout) {
   if (closed.load(std::memory_order_relaxed)) throw std::logic_error("mp: put() on a Queue closed in this process");
-  const posix::Deadline deadline = posix::deadline_after(timeout);
+  const posix::Deadline deadline = timeout ? posix::deadline_after(timeout) : posix::Deadline();
   posix::UniqueFd oob;
-  if (item.size() > kInlineMax) {
+  std::shared_ptr<Segment> segment;
+  const std::size_t size = head.size() + body.size();
+  if (size > kInlineMax) {
     // Copied out of line before any lock is taken: only the fd's hand-off happens under it.
-    // write() rather than a mapping: the kernel fills the new pages without a fault per page.
-    oob = posix::memfd(item.size(), "mp-queue-item");
-    posix::write_all(oob.get(), item);
+    segment = acquire_segment(size, oob);
+    if (segment) {
+      std::byte* to = segment->item();
+      std::memcpy(to, head.data(), head.size());
+      std::memcpy(to + head.size(), body.data(), body.size());
+    } else {
+      // Too large to recycle: write() rather than a mapping fills the new pages without a fault
+      // per page.
+      posix::write_all(oob.get(), head);
+      posix::write_all(oob.get(), body);
+    }
   }
   posix::UniqueFd* oob_ptr = oob ? &oob : nullptr;
   QueueBlock& q = *shared_;
-  return wait_loop([&] { return try_put(item, oob_ptr, deadline); },
-                   [&] {
-                     return q.put_pub.pos.load(std::memory_order_relaxed) -
-                                q.get_pub.pos.load(std::memory_order_relaxed) <
-                            q.capacity / 2;
-                   },
-                   q.put_armed, put_spins, block, deadline);
+  const bool done = wait_loop([&] { return try_put(head, body, oob_ptr, deadline); },
+                              [&] {
+                                return q.put_pub.pos.load(std::memory_order_relaxed) -
+                                           q.get_pub.pos.load(std::memory_order_relaxed) <
+                                       q.capacity / 2;
+                              },
+                              q.put_armed, put_spin_ns, block, deadline);
+  // Not sent (no room in time): the segment goes back to the pool rather than to waste.
+  if (!done && segment) give_back(std::move(oob), segment->map.size());
+  return done;
 }
 
 bool QueueCore::receive_out_of_line(const OutOfLineMarker& marker, std::span<const std::byte>& view,
@@ -341,10 +547,20 @@ bool QueueCore::receive_out_of_line(const OutOfLineMarker& marker, std::span<con
     if (data.size() != sizeof got || fds.size() != 1) return false;
     std::memcpy(&got, data.data(), sizeof got);
     if (got.id < marker.id) continue;  // a stray of a producer or consumer that died
-    if (got.id != marker.id || got.size != marker.size || posix::file_size(fds[0].get()) != marker.size) return false;
-    auto map = std::make_shared<posix::Mapping>(fds[0].get(), static_cast<std::size_t>(marker.size));
-    view = std::span<const std::byte>(static_cast<const std::byte*>(map->data()), static_cast<std::size_t>(marker.size));
-    keep = std::move(map);
+    const posix::FileInfo info = posix::file_info(fds[0].get());
+    if (got.id != marker.id || got.size != marker.size || info.size < marker.size) return false;
+    const auto size = static_cast<std::size_t>(marker.size);
+    if (size <= kRecycleMax) {  // a recycled segment (put() decides by the same rule)
+      auto segment = info.size >= size + kSegmentHeader ? map_segment(fds[0].get(), info) : nullptr;
+      if (!segment) return false;
+      view = std::span<const std::byte>(segment->item(), size);
+      keep = std::make_shared<Lease>(shared_from_this(), std::move(segment), std::move(fds[0]), info.size);
+    } else {
+      auto map = std::make_shared<posix::Mapping>(fds[0].get(), size);
+      posix::populate(map->data(), map->size());
+      view = std::span<const std::byte>(static_cast<const std::byte*>(map->data()), size);
+      keep = std::move(map);
+    }
     return true;
   }
 }
@@ -353,6 +569,10 @@ QueueCore::Attempt QueueCore::try_get(std::span<const std::byte>& view, std::sha
                                       const posix::Deadline& deadline) {
   QueueBlock& q = *shared_;
   Side& side = q.get_side;
+  // Nothing to take, seen without the lock (the common case of a consumer that keeps up).
+  if (q.put_pub.pos.load(std::memory_order_acquire) == q.get_pub.pos.load(std::memory_order_relaxed)) {
+    return Attempt::no_room;
+  }
   if (!lock(side, q.get_pub, deadline)) return Attempt::timed_out;
   for (;;) {
     const std::uint64_t head = q.get_pub.pos.load(std::memory_order_relaxed);
@@ -383,6 +603,7 @@ QueueCore::Attempt QueueCore::try_get(std::span<const std::byte>& view, std::sha
       // a stray message (skipped by id), never a marker whose message is gone.
       publish(side, q.get_pub, head + size, taken + 1);
       std::atomic_ref(side.oob_id).store(marker.id + 1, std::memory_order_relaxed);
+      std::atomic_ref(side.oob_bytes).store(marker.bytes_end, std::memory_order_relaxed);
       bool ok = false;
       try {
         ok = receive_out_of_line(marker, view, keep);
@@ -407,13 +628,13 @@ QueueCore::Attempt QueueCore::try_get(std::span<const std::byte>& view, std::sha
 }
 
 bool QueueCore::get(bool block, Timeout timeout, std::span<const std::byte>& view, std::shared_ptr<void>& keep) {
-  const posix::Deadline deadline = posix::deadline_after(timeout);
+  const posix::Deadline deadline = timeout ? posix::deadline_after(timeout) : posix::Deadline();
   QueueBlock& q = *shared_;
   return wait_loop([&] { return try_get(view, keep, deadline); },
                    [&] {
                      return q.put_pub.pos.load(std::memory_order_relaxed) != q.get_pub.pos.load(std::memory_order_relaxed);
                    },
-                   q.get_armed, get_spins, block, deadline);
+                   q.get_armed, get_spin_ns, block, deadline);
 }
 
 void QueueCore::task_done() {
@@ -474,8 +695,9 @@ void queue_trim_buffers() noexcept {
   if (t_get_buffer.capacity() > kKeep) Bytes().swap(t_get_buffer);
 }
 
-bool queue_put(QueueCore& core, std::span<const std::byte> item, bool block, Timeout timeout) {
-  return core.put(item, block, timeout);
+bool queue_put(QueueCore& core, std::span<const std::byte> head, std::span<const std::byte> body, bool block,
+               Timeout timeout) {
+  return core.put(head, body, block, timeout);
 }
 
 bool queue_get(QueueCore& core, bool block, Timeout timeout, std::span<const std::byte>& view,

@@ -27,7 +27,7 @@ class Context {
   /// std::invalid_argument for a method that is not one of get_all_start_methods().
   explicit Context(std::string_view method);
 
-  /// "fork", "spawn" or "forkserver".
+  /// "fork", "spawn", "forkserver" or "mpi".
   std::string start_method() const { return method_; }
 
   friend bool operator==(const Context&, const Context&) = default;
@@ -50,11 +50,33 @@ void set_start_method(std::string_view method, bool force = false);
 /// The default start method ("fork" unless set); fixes it, as in Python.
 std::string get_start_method();
 
-/// {"fork", "spawn", "forkserver"}.
+/// {"fork", "spawn", "forkserver"}, and "mpi" when the library was built with MPI (a Pool of the
+/// "mpi" context runs its tasks on MPI ranks: docs/cluster.rst).
 std::vector<std::string> get_all_start_methods();
 
 /// The program that spawn and the forkserver run (default: this executable, /proc/self/exe).
 /// It must be a build of the same program: its main() calls mp::freeze_support(argc, argv).
 void set_executable(std::string path);
+
+/// What starting a "fork" child (a Process, or a pool worker, of the fork context) does when this
+/// process runs other threads. fork() copies only the calling thread: a lock another thread held
+/// at that moment stays locked in the child for good. Python 3.12+ warns the same way.
+enum class ForkWithThreads {
+  allow,  ///< say nothing
+  warn,   ///< the default: one warning per process on mp::get_logger(), then debug records
+  error,  ///< throw ForkWithThreadsError from start(); nothing is forked
+};
+
+/// Thrown by Process::start() (and so by a Pool starting a worker) under the fork start method
+/// when the process runs other threads and set_fork_with_threads(ForkWithThreads::error) is set.
+class ForkWithThreadsError : public ProcessError {
+ public:
+  using ProcessError::ProcessError;
+};
+
+/// Sets the policy for every later fork start of this process (fork children inherit it); threads the
+/// library starts itself and that never hold a lock a child needs are not counted.
+void set_fork_with_threads(ForkWithThreads policy);
+ForkWithThreads get_fork_with_threads();
 
 }  // namespace mp

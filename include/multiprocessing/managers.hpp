@@ -20,12 +20,20 @@
 //
 // Errors: an exception raised by a method in the manager arrives as std::out_of_range when it is a
 // KeyError or IndexError (the manager maps std::out_of_range to KeyError), as mp::AttributeError
-// for an AttributeError (a Namespace's missing attribute), otherwise as RemoteError whose type_name() is the Python type ("ValueError") and what() "ValueError: msg".
+// for an AttributeError (a Namespace's missing attribute), as mp::Empty / mp::Full for queue.Empty /
+// queue.Full, as mp::BrokenBarrierError for threading.BrokenBarrierError, otherwise as RemoteError
+// whose type_name() is the Python type ("ValueError") and what() "ValueError: msg".
+//
+// SyncManager serves CPython's typeids (all but Pool), the waiting ones (Queue.get, Lock.acquire,
+// Condition.wait, Event.wait, Barrier.wait) waiting in the manager without holding up its other
+// clients. Proxies convert to pickle::Value as CPython's pickled proxies (BaseProxy::reduce), so
+// they can be stored in a manager's dict or sent to a CPython process, which gets a working proxy.
 // A failure of the manager itself ('#TRACEBACK': unknown object, name not exposed, bad request)
 // is RemoteError with type_name() "RemoteError" and traceback() the server's text. A manager that
 // is gone is EOFError or std::system_error (ECONNREFUSED/ECONNRESET), never a hang.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -35,6 +43,8 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <typeinfo>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -99,6 +109,18 @@ class BaseProxy {
   /// The type-erased call: args is a tuple. Internal for callmethod(), usable directly.
   pickle::Value call(std::string_view name, const pickle::Value& args);
 
+  /// Python's BaseProxy.__reduce__: the proxy as a pickle value that CPython loads as a working
+  /// proxy (multiprocessing.managers.RebuildProxy of the typeid's proxy class, or AutoProxy, with
+  /// the Token, 'exposed' and the manager's authkey, so that the receiver can authenticate). This
+  /// is what pickle::Value(proxy) gives, so a proxy can be stored in a manager's dict or passed as
+  /// an argument. The receiver takes a reference of its own (incref) when it loads it.
+  pickle::Value reduce() const;
+  /// Python's RebuildProxy: a proxy from such a value (from C++ or CPython) with a reference of
+  /// its own (an incref to its manager). The authkey is the one in the value or, as CPython's,
+  /// the current process's. std::invalid_argument when v is not a pickled proxy.
+  static BaseProxy rebuild(const pickle::Value& v);
+  static bool is_reduced(const pickle::Value& v);
+
   /// The codec's hooks: a proxy crosses to a spawn/forkserver child as a Process argument (its
   /// token, exposed names and the authkey, as CPython includes it while spawning). A child, also
   /// a forked one that inherits a proxy, *borrows* the parent's reference (unlike CPython, whose
@@ -127,6 +149,19 @@ class BaseProxy {
   std::shared_ptr<Impl> impl_;
 };
 
+namespace pickle::detail {
+/// Proxies are picklable: pickle::Value(proxy) is BaseProxy::reduce(), v.as<QueueProxy<int>>()
+/// is BaseProxy::rebuild(v).
+template <class P>
+  requires std::is_base_of_v<BaseProxy, P>
+struct Convert<P, void> {
+  static constexpr bool kSupported = true, kLoadable = true;
+  static Value to(const P& p) { return p.reduce(); }
+  static bool holds(const Value& v) { return BaseProxy::is_reduced(v); }
+  static P from(const Value& v) { return P(BaseProxy::rebuild(v)); }
+};
+}  // namespace pickle::detail
+
 /// A missing attribute of a manager's Namespace (Python's AttributeError), on both sides.
 class AttributeError : public std::invalid_argument {
  public:
@@ -136,11 +171,43 @@ class AttributeError : public std::invalid_argument {
 namespace detail::managers {
 /// A registered method: calls it on the object (self) with a tuple of arguments.
 using Method = std::function<pickle::Value(void* self, const pickle::Value& args)>;
+/// A method that also takes keyword arguments (kwds: a dict), as the built-in SyncManager types'
+/// methods do (a Python client's q.get(timeout=1) sends them).
+using MethodKw = std::function<pickle::Value(void* self, const pickle::Value& args, const pickle::Value& kwds)>;
+/// A method whose result becomes a new object in the manager, of another typeid, and reaches the
+/// caller as a '#PROXY' reply (CPython's method_to_typeid).
+using ProxyMethod = std::function<std::shared_ptr<void>(void* self, const pickle::Value& args)>;
 struct TypeInfo {
   std::string type_id;
-  std::function<std::shared_ptr<void>(const pickle::Value& args)> factory;
+  /// Makes an object from create's arguments (args: a tuple, kwds: a dict).
+  std::function<std::shared_ptr<void>(const pickle::Value& args, const pickle::Value& kwds)> factory;
   std::map<std::string, Method, std::less<>> methods;
+  std::map<std::string, MethodKw, std::less<>> methods_kw;
+  std::map<std::string, std::pair<std::string, ProxyMethod>, std::less<>> proxy_methods;  // name -> (typeid, fn)
+  /// The exposed list in CPython's order; empty: the names of the three maps above.
+  std::vector<std::string> exposed;
   std::function<pickle::Value(void* self)> getvalue;  // null: '#GETVALUE' is '#UNSERIALIZABLE'
+  const std::type_info* cpp_type = nullptr;  // what a ProxyMethod making this typeid must return
+  /// The methods wait (Queue.get, Lock.acquire) and synchronize on their own: the server does not
+  /// serialize calls to the object, so that one waiting client does not hold up the others.
+  bool waits = false;
+  /// Wakes the object's waiting calls, which then fail: the server is stopping.
+  std::function<void(void* self)> cancel;
+};
+/// Inside a factory run by a server: the object a pickled proxy argument refers to when it lives
+/// in that server (Python's RebuildProxy in the manager's own process gives the referent), else
+/// {nullptr, nullptr}.
+std::pair<std::shared_ptr<void>, const TypeInfo*> local_object(const pickle::Value& v);
+/// The names a client may call (CPython's `exposed`), in order.
+std::vector<std::string> exposed_names(const TypeInfo& t);
+/// An exception a method raises to send a Python exception of any type: type is the qualified
+/// Python name ("_queue.Empty", "threading.BrokenBarrierError", "builtins.ValueError") and args
+/// its arguments (a tuple).
+struct PythonError : std::runtime_error {
+  PythonError(std::string python_type, pickle::Value exception_args, const std::string& message)
+      : std::runtime_error(message), type(std::move(python_type)), args(std::move(exception_args)) {}
+  std::string type;
+  pickle::Value args;
 };
 /// What SyncManager's dict raises for a missing key: Python's KeyError carrying the key itself.
 struct KeyError : std::out_of_range {
@@ -151,11 +218,29 @@ struct KeyError : std::out_of_range {
 struct IndexError : std::out_of_range {
   using std::out_of_range::out_of_range;
 };
-std::vector<std::shared_ptr<TypeInfo>> sync_types();  // dict, list, Namespace, Value (src/managers.cpp)
+/// dict, list, Namespace, Value, Iterator (src/managers.cpp) and the waiting types: Queue,
+/// JoinableQueue, Lock, RLock, Semaphore, BoundedSemaphore, Condition, Event, Barrier, plus
+/// Array (src/manager_sync_types.cpp).
+std::vector<std::shared_ptr<TypeInfo>> sync_types();
+std::vector<std::shared_ptr<TypeInfo>> waiting_sync_types();
 /// Raised for a call with the wrong number of arguments: becomes Python's TypeError.
 struct ArgumentCountError : std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
+/// CPython's array typecode for T ('i' for int32_t, 'd' for double...).
+template <class T>
+constexpr char typecode_of() {
+  if constexpr (std::is_floating_point_v<T>) {
+    return sizeof(T) == 4 ? 'f' : 'd';
+  } else {
+    static_assert(std::is_integral_v<T> && !std::is_same_v<T, bool>, "Array<T> needs an integer or floating type");
+    constexpr bool s = std::is_signed_v<T>;
+    if constexpr (sizeof(T) == 1) return s ? 'b' : 'B';
+    if constexpr (sizeof(T) == 2) return s ? 'h' : 'H';
+    if constexpr (sizeof(T) == 4) return s ? 'i' : 'I';
+    return s ? 'q' : 'Q';
+  }
+}
 template <class T, class Fn, class... A, std::size_t... I>
 pickle::Value invoke(T& self, Fn fn, const pickle::Value& args, std::index_sequence<I...>) {
   using R = decltype((self.*fn)(std::declval<std::decay_t<A>>()...));
@@ -192,8 +277,41 @@ class TypeRegistration {
     info_->methods[std::move(name)] = detail::managers::wrap<T, R (T::*)(A...) const, A...>(fn);
     return *this;
   }
+  /// Python's method_to_typeid: the method's result (a U) becomes a new object of type_id in the
+  /// manager (type_id must be registered for U) and the caller gets a proxy to it ('#PROXY').
+  template <class U, class... A>
+  TypeRegistration& proxy_method(std::string name, U (T::*fn)(A...), std::string type_id) {
+    info_->proxy_methods[std::move(name)] = {std::move(type_id), [fn](void* self, const pickle::Value& args) {
+      if (args.size() != sizeof...(A))
+        throw detail::managers::ArgumentCountError("takes " + std::to_string(sizeof...(A)) + " positional arguments but " +
+                                                   std::to_string(args.size()) + " were given");
+      return make_result<U, A...>(*static_cast<T*>(self), fn, args, std::index_sequence_for<A...>{});
+    }};
+    return *this;
+  }
+  /// Objects are made as T(args...) from create's arguments (Python: manager.Name(*args)) instead
+  /// of T(). The arguments are converted as method arguments are.
+  template <class... A>
+  TypeRegistration& constructor() {
+    info_->factory = [](const pickle::Value& args, const pickle::Value& kwds) -> std::shared_ptr<void> {
+      if (kwds.size() != 0) throw std::invalid_argument("a C++ constructor takes no keyword arguments");
+      if (args.size() != sizeof...(A))
+        throw detail::managers::ArgumentCountError("the constructor takes " + std::to_string(sizeof...(A)) +
+                                                   " arguments but " + std::to_string(args.size()) + " were given");
+      return construct<A...>(args, std::index_sequence_for<A...>{});
+    };
+    return *this;
+  }
 
  private:
+  template <class U, class... A, class Fn, std::size_t... I>
+  static std::shared_ptr<void> make_result(T& self, Fn fn, const pickle::Value& args, std::index_sequence<I...>) {
+    return std::make_shared<U>((self.*fn)(args[I].template as<std::decay_t<A>>()...));
+  }
+  template <class... A, std::size_t... I>
+  static std::shared_ptr<void> construct(const pickle::Value& args, std::index_sequence<I...>) {
+    return std::make_shared<T>(args[I].template as<std::decay_t<A>>()...);
+  }
   std::shared_ptr<detail::managers::TypeInfo> info_;
 };
 
@@ -232,15 +350,21 @@ class BaseManager {
   BaseManager& operator=(BaseManager&&) noexcept = default;
 
   /// Python's BaseManager.register(typeid, callable): objects of type T, default-constructed in
-  /// the manager by 'create' (with arguments: T(args...) is not supported; use a method). Names
-  /// its methods with .method(). Must come before get_server()/start().
+  /// the manager by 'create' (.constructor<A...>() makes them as T(args...)). Names its methods
+  /// with .method() and .proxy_method(). Must come before get_server()/start().
   template <class T>
   TypeRegistration<T> register_type(std::string type_id) {
     auto info = std::make_shared<detail::managers::TypeInfo>();
     info->type_id = type_id;
-    info->factory = [](const pickle::Value& args) -> std::shared_ptr<void> {
-      if (args.size() != 0) throw detail::managers::ArgumentCountError("the constructor takes no arguments");
-      return std::make_shared<T>();
+    info->cpp_type = &typeid(T);
+    info->factory = [](const pickle::Value& args, const pickle::Value& kwds) -> std::shared_ptr<void> {
+      if (args.size() != 0 || kwds.size() != 0)
+        throw detail::managers::ArgumentCountError("the constructor takes no arguments (see constructor<A...>())");
+      if constexpr (std::is_default_constructible_v<T>) {
+        return std::make_shared<T>();
+      } else {
+        throw std::invalid_argument("the type has no default constructor: register it with .constructor<A...>()");
+      }
     };
     if constexpr (pickle::detail::is_picklable_v<T>)
       info->getvalue = [](void* self) { return pickle::Value(*static_cast<T*>(self)); };
@@ -269,7 +393,8 @@ class BaseManager {
   BaseProxy create(std::string_view type_id, const A&... args) {
     return create_value(type_id, pickle::Value::tuple({pickle::Value(args)...}));
   }
-  BaseProxy create_value(std::string_view type_id, const pickle::Value& args);
+  BaseProxy create_value(std::string_view type_id, const pickle::Value& args,
+                         const pickle::Value& kwds = pickle::Value::dict());
 
   /// Control requests (PROTOCOLS.md §4.2) sent to the connected manager.
   std::int64_t number_of_objects();
@@ -341,9 +466,136 @@ class ValueProxy : public BaseProxy {
   void set(const T& v) { callmethod<void>("set", v); }
 };
 
-/// CPython's SyncManager, with the plain-data typeids a C++ manager serves: dict, list,
-/// Namespace and Value (same names, methods and exposed lists as CPython's, so a Python client's
-/// m.dict() works on it). As a client it also reaches a CPython SyncManager's typeids with
+namespace detail::managers {
+/// The arguments of a call with an optional timeout, as CPython's proxies send them.
+inline pickle::Value timeout_value(const Timeout& timeout) {
+  return timeout ? pickle::Value(timeout->count()) : pickle::Value();
+}
+}  // namespace detail::managers
+
+/// A proxy of a manager's queue.Queue (Python: the AutoProxy of 'Queue' and 'JoinableQueue').
+/// get() throws mp::Empty and put() mp::Full when the time runs out, as mp::Queue does; the wait
+/// happens in the manager, which keeps serving its other clients meanwhile.
+template <class T>
+class QueueProxy : public BaseProxy {
+ public:
+  QueueProxy() = default;
+  explicit QueueProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+  void put(const T& item, bool block = true, Timeout timeout = std::nullopt) {
+    callmethod<void>("put", item, block, detail::managers::timeout_value(timeout));
+  }
+  T get(bool block = true, Timeout timeout = std::nullopt) {
+    return callmethod<T>("get", block, detail::managers::timeout_value(timeout));
+  }
+  void put_nowait(const T& item) { callmethod<void>("put_nowait", item); }
+  T get_nowait() { return callmethod<T>("get_nowait"); }
+  std::size_t qsize() { return callmethod<std::size_t>("qsize"); }
+  bool empty() { return callmethod<bool>("empty"); }
+  bool full() { return callmethod<bool>("full"); }
+  /// JoinableQueue: one item taken by get() is done (ValueError as RemoteError when none is due).
+  void task_done() { callmethod<void>("task_done"); }
+  /// Waits until every item put has been marked done.
+  void join() { callmethod<void>("join"); }
+};
+
+/// A proxy of a manager's Lock, RLock, Semaphore or BoundedSemaphore (Python: AcquirerProxy).
+/// BasicLockable/Lockable, so std::lock_guard and std::unique_lock work with it. An RLock is
+/// owned by the proxy's connection to the manager (CPython: by the client thread's connection).
+class AcquirerProxy : public BaseProxy {
+ public:
+  AcquirerProxy() = default;
+  explicit AcquirerProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+  /// false when not acquired (block false, or the timeout ran out).
+  bool acquire(bool block = true, Timeout timeout = std::nullopt) {
+    return timeout ? callmethod<bool>("acquire", block, timeout->count()) : callmethod<bool>("acquire", block);
+  }
+  /// RemoteError (RuntimeError/ValueError) when there is nothing to release.
+  void release() { callmethod<void>("release"); }
+  void lock() { acquire(); }
+  bool try_lock() { return acquire(false); }
+  void unlock() { release(); }
+};
+
+/// A proxy of a manager's Condition (Python: ConditionProxy): acquire/release as AcquirerProxy,
+/// wait/notify as threading.Condition's.
+class ConditionProxy : public AcquirerProxy {
+ public:
+  ConditionProxy() = default;
+  explicit ConditionProxy(BaseProxy p) : AcquirerProxy(std::move(p)) {}
+  /// false when the timeout ran out first.
+  bool wait(Timeout timeout = std::nullopt) { return callmethod<bool>("wait", detail::managers::timeout_value(timeout)); }
+  /// Python's wait_for (on the client side, as CPython's proxy does it): true when pred() holds.
+  template <class Predicate>
+  bool wait_for(Predicate pred, Timeout timeout = std::nullopt) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                                 timeout.value_or(Duration(0)));
+    bool result = pred();
+    while (!result) {
+      Timeout left;
+      if (timeout) {
+        left = std::chrono::duration_cast<Duration>(deadline - std::chrono::steady_clock::now());
+        if (left->count() <= 0) break;
+      }
+      wait(left);
+      result = pred();
+    }
+    return result;
+  }
+  void notify(int n = 1) { callmethod<void>("notify", n); }
+  void notify_all() { callmethod<void>("notify_all"); }
+};
+
+/// A proxy of a manager's Event (Python: EventProxy).
+class EventProxy : public BaseProxy {
+ public:
+  EventProxy() = default;
+  explicit EventProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+  bool is_set() { return callmethod<bool>("is_set"); }
+  void set() { callmethod<void>("set"); }
+  void clear() { callmethod<void>("clear"); }
+  /// The flag at the end: false when the timeout ran out first.
+  bool wait(Timeout timeout = std::nullopt) { return callmethod<bool>("wait", detail::managers::timeout_value(timeout)); }
+};
+
+/// A proxy of a manager's Barrier (Python: BarrierProxy). wait() throws BrokenBarrierError when
+/// the barrier is or gets broken (a timeout, abort(), reset()).
+class BarrierProxy : public BaseProxy {
+ public:
+  BarrierProxy() = default;
+  explicit BarrierProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+  /// This caller's arrival index, 0 .. parties-1.
+  int wait(Timeout timeout = std::nullopt) { return callmethod<int>("wait", detail::managers::timeout_value(timeout)); }
+  void abort() { callmethod<void>("abort"); }
+  void reset() { callmethod<void>("reset"); }
+  int parties() { return callmethod<int>("__getattribute__", "parties"); }
+  int n_waiting() { return callmethod<int>("__getattribute__", "n_waiting"); }
+  bool broken() { return callmethod<bool>("__getattribute__", "broken"); }
+};
+
+/// A proxy of a manager's Array (Python: ArrayProxy of an array.array).
+template <class T>
+class ArrayProxy : public BaseProxy {
+ public:
+  ArrayProxy() = default;
+  explicit ArrayProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+  std::size_t size() { return callmethod<std::size_t>("__len__"); }
+  /// a[index] (negative counts from the end); std::out_of_range past the end.
+  T get(std::int64_t index) { return callmethod<T>("__getitem__", index); }
+  void set(std::int64_t index, const T& v) { callmethod<void>("__setitem__", index, v); }
+  /// Every item, one call each (the array.array a CPython manager's _getvalue() sends is pickled
+  /// with array._array_reconstructor, which the safe reader does not take).
+  std::vector<T> copy() {
+    std::vector<T> out;
+    const std::size_t n = size();
+    for (std::size_t i = 0; i < n; ++i) out.push_back(get(static_cast<std::int64_t>(i)));
+    return out;
+  }
+};
+
+/// CPython's SyncManager, with the typeids a C++ manager serves: dict, list, Namespace, Value,
+/// Queue, JoinableQueue, Lock, RLock, Semaphore, BoundedSemaphore, Condition, Event, Barrier and
+/// Array (same names, methods and exposed lists as CPython's, so a Python client's m.dict() or
+/// m.Queue() works on it; Pool is not served). As a client it also reaches a CPython SyncManager's typeids with
 /// create("Queue") etc. and callmethod().
 class SyncManager : public BaseManager {
  public:
@@ -359,6 +611,31 @@ class SyncManager : public BaseManager {
   template <class T>
   ValueProxy<T> Value(const T& initial, std::string typecode = "") {
     return ValueProxy<T>(create("Value", typecode, initial));
+  }
+  /// Python: manager.Queue(maxsize) / JoinableQueue(maxsize); 0: unbounded.
+  template <class T>
+  QueueProxy<T> Queue(int maxsize = 0) { return QueueProxy<T>(create("Queue", maxsize)); }
+  template <class T>
+  QueueProxy<T> JoinableQueue(int maxsize = 0) { return QueueProxy<T>(create("JoinableQueue", maxsize)); }
+  AcquirerProxy Lock() { return AcquirerProxy(create("Lock")); }
+  AcquirerProxy RLock() { return AcquirerProxy(create("RLock")); }
+  AcquirerProxy Semaphore(int value = 1) { return AcquirerProxy(create("Semaphore", value)); }
+  AcquirerProxy BoundedSemaphore(int value = 1) { return AcquirerProxy(create("BoundedSemaphore", value)); }
+  /// A Condition with a fresh RLock of its own, as Python's manager.Condition().
+  ConditionProxy Condition() { return ConditionProxy(create("Condition")); }
+  /// A Condition over a Lock or RLock of the same manager (Python: manager.Condition(lock)).
+  ConditionProxy Condition(const AcquirerProxy& lock) { return ConditionProxy(create("Condition", lock)); }
+  EventProxy Event() { return EventProxy(create("Event")); }
+  /// timeout: the default of wait() (Python's Barrier(parties, timeout=...)).
+  BarrierProxy Barrier(int parties, Timeout timeout = std::nullopt) {
+    return BarrierProxy(create("Barrier", parties, pickle::Value(), detail::managers::timeout_value(timeout)));
+  }
+  /// Python: manager.Array(typecode, [0] * n) with T's typecode.
+  template <class T>
+  ArrayProxy<T> Array(std::size_t n) { return Array<T>(std::vector<T>(n, T{})); }
+  template <class T>
+  ArrayProxy<T> Array(const std::vector<T>& items) {
+    return ArrayProxy<T>(create("Array", std::string(1, detail::managers::typecode_of<T>()), items));
   }
 };
 

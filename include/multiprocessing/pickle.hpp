@@ -16,6 +16,7 @@
 // unhashable dict keys are std::invalid_argument.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -39,6 +40,21 @@ inline constexpr std::size_t kMaxDepth = 1000;
 
 namespace detail {
 struct Container;  // the shared storage of list/tuple/dict/set/frozenset values
+/// The reference count at the start of every out-of-line part of a Value (containers, long text).
+struct Counted {
+  Counted() noexcept = default;
+  Counted(const Counted&) noexcept {}  // a copy is a new object: one owner
+  Counted& operator=(const Counted&) noexcept { return *this; }
+  mutable std::atomic<std::size_t> refs{1};
+};
+inline void add_ref(Counted* c) noexcept { c->refs.fetch_add(1, std::memory_order_relaxed); }
+/// Frees c (whose Value kind is `kind`) with its last reference (src/pickle.cpp).
+void destroy_box(Counted* c, unsigned kind) noexcept;
+inline void drop_ref(Counted* c, unsigned kind) noexcept {
+  // The only owner needs no atomic read-modify-write: nobody else can add a reference.
+  if (c->refs.load(std::memory_order_acquire) == 1 || c->refs.fetch_sub(1, std::memory_order_acq_rel) == 1)
+    destroy_box(c, kind);
+}
 struct ValueAccess;  // the conversions reach Value's representation through it
 struct Raw;          // and so do the reader and writer (src/pickle_internal.hpp)
 template <class T, class Enable = void>
@@ -55,7 +71,7 @@ inline constexpr bool is_picklable_v = Convert<T>::kSupported;
 class Value {
  public:
   /// None.
-  Value() noexcept;
+  Value() noexcept = default;
   /// From any C++ type that maps to pickle: nullptr/std::nullopt/std::monostate (None), bool,
   /// integers (beyond int64: a big int), float/double, std::string/std::string_view/const char*
   /// (str, must be UTF-8: std::invalid_argument otherwise), Bytes (bytes), std::vector/std::array
@@ -65,23 +81,32 @@ class Value {
     requires(!std::is_same_v<T, Value> && detail::is_picklable_v<T>)  // (Value itself: the copy constructor)
   Value(const T& v);  // NOLINT(google-explicit-constructor): Value(3), Value("s") as in the contract
   // (inline: values are copied and moved a lot; a moved-from Value is None)
-  Value(const Value& other) = default;
-  Value(Value&& other) noexcept : kind_(other.kind_), text_(std::move(other.text_)), items_(std::move(other.items_)) {
-    std::memcpy(&int_, &other.int_, sizeof int_);  // the scalar union, whichever member is active
-    other.kind_ = Kind::none;
+  Value(const Value& other) noexcept {
+    std::memcpy(rep_, other.rep_, sizeof rep_);
+    retain();
   }
-  Value& operator=(const Value& other) = default;
-  Value& operator=(Value&& other) noexcept {
-    kind_ = other.kind_;
-    std::memcpy(&int_, &other.int_, sizeof int_);
-    if (this != &other) {
-      text_ = std::move(other.text_);
-      items_ = std::move(other.items_);
-      other.kind_ = Kind::none;
-    }
+  Value(Value&& other) noexcept {
+    std::memcpy(rep_, other.rep_, sizeof rep_);
+    other.rep_[0] = 0;
+  }
+  // (other may live inside this value's container, which release() can free: it is read first)
+  Value& operator=(const Value& other) noexcept {
+    unsigned char taken[sizeof rep_];
+    std::memcpy(taken, other.rep_, sizeof rep_);
+    other.retain();
+    release();
+    std::memcpy(rep_, taken, sizeof rep_);
     return *this;
   }
-  ~Value() = default;
+  Value& operator=(Value&& other) noexcept {
+    unsigned char taken[sizeof rep_];
+    std::memcpy(taken, other.rep_, sizeof rep_);
+    other.rep_[0] = 0;
+    release();
+    std::memcpy(rep_, taken, sizeof rep_);
+    return *this;
+  }
+  ~Value() { release(); }
 
   static Value list(std::vector<Value> items = {});
   static Value tuple(std::vector<Value> items = {});
@@ -137,14 +162,29 @@ class Value {
   friend struct detail::ValueAccess;
   friend struct detail::Raw;
 
-  Kind kind_ = Kind::none;
-  union {
-    bool bool_;
-    std::int64_t int_;
-    double float_;
-  };
-  std::string text_;  // str (UTF-8), bytes, or a big int (minimal two's complement, little-endian)
-  std::shared_ptr<detail::Container> items_;  // list/tuple/dict/set/frozenset
+  // 16 bytes: rep_[0] is the Kind, with kBoxed set when bytes 8-15 point to a reference-counted
+  // detail::Counted (a detail::Container, or the text of a str/bytes/big int longer than
+  // kInlineText); an inline text has its length in rep_[1] and its bytes from rep_[2]; bool, int
+  // and float are held in bytes 8-15. Boxes are immutable once shared (containers are copied
+  // before a change when shared: copy-on-write), so copies only count references.
+  static constexpr std::uint8_t kBoxed = 0x80;
+  static constexpr std::size_t kInlineText = 14;
+  Kind kind() const noexcept { return static_cast<Kind>(rep_[0] & 0x7f); }
+  bool boxed() const noexcept { return (rep_[0] & kBoxed) != 0; }
+  detail::Counted* box() const noexcept {
+    detail::Counted* b;
+    std::memcpy(&b, rep_ + 8, sizeof b);
+    return b;
+  }
+  void retain() const noexcept {
+    if (boxed()) detail::add_ref(box());
+  }
+  void release() noexcept {
+    if (boxed()) detail::drop_ref(box(), rep_[0] & 0x7f);
+    rep_[0] = 0;
+  }
+
+  alignas(8) unsigned char rep_[16] = {};
 };
 
 /// An int of any size from its decimal digits (an optional sign, then digits; Python's int(s)

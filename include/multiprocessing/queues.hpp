@@ -13,9 +13,12 @@
 //
 // Unbounded queues (maxsize 0) do not grow: when 1 MiB of unread items fills the ring, put() waits
 // for consumers (back-pressure at the ring size instead of unbounded memory). Items larger than
-// 256 KiB travel out of line: put() copies them into a fresh memory file whose descriptor crosses
-// by the queue's private socket, and only a small marker enters the ring, so any size works (up to
-// the memory available) without holding small items up. maxsize bounds the number of items.
+// 256 KiB travel out of line: put() copies them into a memory file whose descriptor crosses by the
+// queue's private socket, and only a small marker enters the ring, so any size works (up to the
+// memory available) without holding small items up; the files (up to 16 MiB) are recycled and
+// stay mapped, so a stream of large items costs one copy in and one copy out. maxsize bounds the
+// number of items. Numbers, strings and vectors of numbers or bytes are written and read without
+// the codec's machinery (the same encoding): their put and get allocate nothing but the result.
 //
 // Each queue is a handle: copies share it; it crosses to fork children by inheritance and to spawn
 // and forkserver children as a Process argument (its descriptors travel).
@@ -27,6 +30,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <utility>
@@ -95,22 +99,55 @@ class Queue {
  private:
   void put_impl(const T& obj, bool block, Timeout timeout) {
     detail::QueueCore& c = core();
-    Bytes& buffer = detail::queue_put_buffer();
-    struct Trim {
-      ~Trim() { detail::queue_trim_buffers(); }
-    } trim;
-    detail::dump_into(buffer, obj);
-    if (!detail::queue_put(c, std::span<const std::byte>(buffer), block, timeout)) detail::queue_throw_full();
+    bool done;
+    if constexpr (detail::queue_plain_number<T>::value) {
+      // A number's encoding is its bytes: put as they are, without the codec.
+      done = detail::queue_put(c, std::as_bytes(std::span(&obj, 1)), {}, block, timeout);
+    } else if constexpr (detail::queue_block_container<T>::value) {
+      // Encoded in place: the count, then the elements straight from obj (one copy fewer).
+      const std::uint64_t count = obj.size();
+      const auto body = std::as_bytes(std::span(obj.data(), obj.size()));
+      done = detail::queue_put(c, std::as_bytes(std::span(&count, 1)), body, block, timeout);
+    } else {
+      Bytes& buffer = detail::queue_put_buffer();
+      struct Trim {
+        ~Trim() { detail::queue_trim_buffers(); }
+      } trim;
+      detail::dump_into(buffer, obj);
+      done = detail::queue_put(c, std::span<const std::byte>(buffer), {}, block, timeout);
+    }
+    if (!done) detail::queue_throw_full();
   }
   T get_impl(bool block, Timeout timeout) {
     detail::QueueCore& c = core();
     std::span<const std::byte> view;
-    std::shared_ptr<void> keep;
+    std::shared_ptr<void> keep;  // a large item's segment, handed back when this returns
     if (!detail::queue_get(c, block, timeout, view, keep)) detail::queue_throw_empty();
-    struct Trim {
-      ~Trim() { detail::queue_trim_buffers(); }
-    } trim;
     T out{};
+    if constexpr (detail::queue_plain_number<T>::value) {
+      if (view.size() == sizeof(T)) {
+        std::memcpy(&out, view.data(), sizeof(T));
+        return out;
+      }
+    } else if constexpr (detail::queue_block_container<T>::value) {
+      // The codec's encoding, read without the codec when it is well formed (else the codec
+      // reports what is wrong).
+      using E = typename T::value_type;
+      std::uint64_t count = 0;
+      if (view.size() >= sizeof count) {
+        std::memcpy(&count, view.data(), sizeof count);
+        if (count == (view.size() - sizeof count) / sizeof(E) && (view.size() - sizeof count) % sizeof(E) == 0) {
+          const std::byte* first = view.data() + sizeof count;
+          if constexpr (sizeof(E) == 1) {  // bytes and characters: no zero-filling first
+            out.assign(reinterpret_cast<const E*>(first), reinterpret_cast<const E*>(first) + count);
+          } else {
+            out.resize(static_cast<std::size_t>(count));
+            if (count != 0) std::memcpy(out.data(), first, view.size() - sizeof count);
+          }
+          return out;
+        }
+      }
+    }
     detail::load_from(view, out);
     return out;
   }

@@ -112,6 +112,69 @@ TEST(QueueFault, producers_and_consumers_killed_at_random_points_never_corrupt_o
 }
 
 namespace {
+// Item k of round r: about 1 MiB (out of line, in a recycled segment), every byte derived from
+// (r, k), so that a segment written while another process still reads it shows.
+mp::Bytes large_item(std::uint32_t round, std::uint64_t k) {
+  mp::Bytes b((1 << 20) + (k % 3) * 65536, static_cast<std::byte>(round * 31 + k * 7));
+  std::memcpy(b.data(), &round, sizeof round);
+  std::memcpy(b.data() + 4, &k, sizeof k);
+  return b;
+}
+
+bool large_item_intact(const mp::Bytes& b, std::uint32_t round) {
+  std::uint32_t r = 0;
+  std::uint64_t k = 0;
+  if (b.size() < 12) return false;
+  std::memcpy(&r, b.data(), sizeof r);
+  std::memcpy(&k, b.data() + 4, sizeof k);
+  return r == round && b == large_item(round, k);
+}
+
+void produce_large_forever(mp::Queue<mp::Bytes> q, std::uint32_t round) {
+  for (std::uint64_t k = 0;; ++k) q.put(large_item(round, k));
+}
+}  // namespace
+
+TEST(QueueFault, large_items_in_recycled_segments_stay_intact_while_their_holders_are_killed) {
+  mp::Queue<mp::Bytes> q;
+  std::mt19937 rng(777);
+  const auto t0 = Clock::now();
+  int rounds = 0;
+  for (std::uint32_t round = 1; round <= 40 && Clock::now() - t0 < 20s; ++round, ++rounds) {
+    mp::Process producer(mp::get_context("fork"), produce_large_forever, q, round);
+    mp::Process consumer(mp::get_context("fork"), consume_forever, q);  // takes and returns segments
+    producer.start();
+    consumer.start();
+    // This process takes some too, each checked byte by byte, while the two children come and go.
+    const int mine = static_cast<int>(rng() % 20);
+    for (int i = 0; i < mine; ++i) {
+      mp::Bytes b = q.get(kWait);
+      ASSERT_TRUE(large_item_intact(b, round)) << "round " << round;
+    }
+    if (rng() % 2) {
+      kill_and_reap(producer);
+      kill_and_reap(consumer);
+    } else {
+      kill_and_reap(consumer);
+      kill_and_reap(producer);
+    }
+    for (;;) {
+      mp::Bytes b;
+      try {
+        b = q.get_nowait();
+      } catch (const mp::Empty&) {
+        break;
+      }
+      ASSERT_TRUE(large_item_intact(b, round)) << "round " << round;
+    }
+  }
+  EXPECT_GE(rounds, 10);
+  // The survivors still exchange large items.
+  for (std::uint64_t k = 0; k < 10; ++k) q.put(large_item(0, k), kWait);
+  for (std::uint64_t k = 0; k < 10; ++k) ASSERT_TRUE(q.get(kWait) == large_item(0, k));
+}
+
+namespace {
 void put_one_and_exit(mp::Queue<int> q) {
   q.put(42);
   ::_exit(0);  // no cleanup: the item must already be in the queue

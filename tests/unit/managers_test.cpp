@@ -7,7 +7,10 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
+#include <future>
 #include <string>
 #include <thread>
 #include <vector>
@@ -325,6 +328,453 @@ TEST(ManagerFaults, AClientThatSendsJunkAndVanishesDoesNotDisturbTheOthers) {
     c.callmethod<void>("add", 3);
     EXPECT_EQ(c.callmethod<int>("get"), 3);
   }
+}
+
+}  // namespace
+
+// ---- the waiting typeids (Queue, Lock, ..., Barrier) and Array ----
+namespace {
+
+using namespace std::chrono_literals;
+
+// A forked child reaches the manager's objects on a connection of its own (the parent's proxies
+// are borrowed, PROTOCOLS.md §4.2), so the parent and the child are two clients of the manager.
+int run_child(std::function<int()> body) {
+  mp::Process p(mp::get_context("fork"), [body]() {
+    const int code = body();
+    if (code != 0) throw std::runtime_error("child check failed: " + std::to_string(code));
+  });
+  p.start();
+  if (!p.join(mp::Duration(60.0))) {
+    p.kill();
+    p.join();
+    return -1;
+  }
+  return p.exitcode().value_or(-1);
+}
+
+TEST(SyncManagerWaiting, AQueuePassesItemsAndHonoursItsTimeouts) {
+  mp::SyncManager m = mp::Manager();
+  auto q = m.Queue<std::string>();
+  EXPECT_TRUE(q.empty());
+  q.put("a");
+  q.put_nowait("b");
+  EXPECT_EQ(q.qsize(), 2u);
+  EXPECT_EQ(q.get(), "a");
+  EXPECT_EQ(q.get_nowait(), "b");
+  const auto before = std::chrono::steady_clock::now();
+  EXPECT_THROW(q.get(true, 0.05s), mp::Empty);
+  EXPECT_GE(std::chrono::steady_clock::now() - before, 0.05s);
+  EXPECT_THROW(q.get_nowait(), mp::Empty);
+  EXPECT_THROW(q.get(false), mp::Empty);
+
+  auto bounded = m.Queue<int>(1);
+  bounded.put(1);
+  EXPECT_TRUE(bounded.full());
+  EXPECT_THROW(bounded.put(2, true, 0.05s), mp::Full);
+  EXPECT_THROW(bounded.put_nowait(2), mp::Full);
+}
+
+TEST(SyncManagerWaiting, WhileAClientWaitsInGetTheManagerServesPutAndOtherObjects) {
+  mp::SyncManager m = mp::Manager();
+  auto q = m.Queue<int>();
+  auto ready = m.Event();
+  auto d = m.dict<std::string, int>();
+  mp::Process p(mp::get_context("fork"), [q, ready]() mutable {
+    ready.set();
+    if (q.get(true, 30s) != 7) throw std::runtime_error("wrong item");
+  });
+  p.start();
+  ASSERT_TRUE(ready.wait(30s));
+  // The child is (or is about to be) waiting in get(): other calls still run.
+  d.set("k", 1);
+  EXPECT_EQ(d.get("k"), 1);
+  q.put(7);
+  ASSERT_TRUE(p.join(mp::Duration(30.0)));
+  EXPECT_EQ(p.exitcode(), 0);
+}
+
+TEST(SyncManagerWaiting, AJoinableQueueCountsTasksDone) {
+  mp::SyncManager m = mp::Manager();
+  auto q = m.JoinableQueue<int>();
+  q.put(1);
+  q.put(2);
+  EXPECT_EQ(q.get() + q.get(), 3);
+  q.task_done();
+  q.task_done();
+  q.join();  // nothing unfinished: returns at once
+  EXPECT_THROW(q.task_done(), mp::RemoteError);
+}
+
+TEST(SyncManagerWaiting, ALockIsHeldUntilReleasedAndTimesOut) {
+  mp::SyncManager m = mp::Manager();
+  auto lock = m.Lock();
+  EXPECT_TRUE(lock.acquire());
+  EXPECT_FALSE(lock.acquire(false));  // not reentrant
+  const auto before = std::chrono::steady_clock::now();
+  EXPECT_FALSE(lock.acquire(true, 0.05s));
+  EXPECT_GE(std::chrono::steady_clock::now() - before, 0.05s);
+  EXPECT_EQ(run_child([lock]() mutable { return lock.acquire(false) ? 1 : 0; }), 0);
+  lock.release();
+  EXPECT_THROW(lock.release(), mp::RemoteError);  // RuntimeError: release unlocked lock
+  { std::lock_guard guard(lock); }
+  EXPECT_EQ(run_child([lock]() mutable { return lock.acquire(false) ? 0 : 1; }), 0);  // (the child's: a Lock has no owner)
+  lock.release();
+}
+
+TEST(SyncManagerWaiting, AnRLockIsOwnedByOneConnectionAndReentrant) {
+  mp::SyncManager m = mp::Manager();
+  auto r = m.RLock();
+  EXPECT_TRUE(r.acquire());
+  EXPECT_TRUE(r.acquire());
+  EXPECT_EQ(run_child([r]() mutable {
+              if (r.acquire(false)) return 1;  // another connection: not the owner
+              try {
+                r.release();
+                return 2;
+              } catch (const mp::RemoteError&) {
+                return 0;
+              }
+            }),
+            0);
+  r.release();
+  r.release();
+  EXPECT_THROW(r.release(), mp::RemoteError);
+}
+
+TEST(SyncManagerWaiting, SemaphoresCountAndABoundedOneRefusesAnExtraRelease) {
+  mp::SyncManager m = mp::Manager();
+  auto s = m.Semaphore(2);
+  EXPECT_TRUE(s.acquire());
+  EXPECT_TRUE(s.acquire());
+  EXPECT_FALSE(s.acquire(false));
+  EXPECT_FALSE(s.acquire(true, 0.02s));
+  s.release();
+  EXPECT_TRUE(s.acquire(false));
+  auto b = m.BoundedSemaphore(1);
+  EXPECT_THROW(b.release(), mp::RemoteError);  // ValueError: released too many times
+  EXPECT_TRUE(b.acquire());
+  b.release();
+}
+
+TEST(SyncManagerWaiting, AConditionWakesAWaiterInAnotherProcess) {
+  mp::SyncManager m = mp::Manager();
+  auto c = m.Condition();
+  EXPECT_THROW(c.notify(), mp::RemoteError);  // not acquired
+  EXPECT_THROW(c.wait(0.01s), mp::RemoteError);
+  ASSERT_TRUE(c.acquire());
+  EXPECT_FALSE(c.wait(0.05s));
+  // The child can take the lock only while this side waits; it notifies under the lock.
+  mp::Process p(mp::get_context("fork"), [c]() mutable {
+    c.acquire();
+    c.notify();
+    c.release();
+  });
+  p.start();
+  EXPECT_TRUE(c.wait(30s));
+  c.release();
+  ASSERT_TRUE(p.join(mp::Duration(30.0)));
+  EXPECT_EQ(p.exitcode(), 0);
+  int calls = 0;
+  ASSERT_TRUE(c.acquire());
+  EXPECT_TRUE(c.wait_for([&] { return ++calls == 1; }, 1s));
+  EXPECT_FALSE(c.wait_for([] { return false; }, 0.05s));
+  c.release();
+}
+
+TEST(SyncManagerWaiting, AnEventIsSetByAnotherProcess) {
+  mp::SyncManager m = mp::Manager();
+  auto e = m.Event();
+  EXPECT_FALSE(e.is_set());
+  EXPECT_FALSE(e.wait(0.05s));
+  mp::Process p(mp::get_context("fork"), [e]() mutable { e.set(); });
+  p.start();
+  EXPECT_TRUE(e.wait(30s));
+  EXPECT_TRUE(e.is_set());
+  e.clear();
+  EXPECT_FALSE(e.is_set());
+  p.join();
+}
+
+TEST(SyncManagerWaiting, ABarrierReleasesItsPartiesAndBreaksOnATimeout) {
+  mp::SyncManager m = mp::Manager();
+  auto b = m.Barrier(2);
+  EXPECT_EQ(b.parties(), 2);
+  EXPECT_EQ(b.n_waiting(), 0);
+  mp::Process p(mp::get_context("fork"), [b]() mutable {
+    if (b.wait(30s) < 0) throw std::runtime_error("bad index");
+  });
+  p.start();
+  const int index = b.wait(30s);
+  EXPECT_TRUE(index == 0 || index == 1);
+  ASSERT_TRUE(p.join(mp::Duration(30.0)));
+  EXPECT_EQ(p.exitcode(), 0);
+  EXPECT_THROW(b.wait(0.05s), mp::BrokenBarrierError);
+  EXPECT_TRUE(b.broken());
+  EXPECT_THROW(b.wait(), mp::BrokenBarrierError);
+  b.reset();
+  EXPECT_FALSE(b.broken());
+  b.abort();
+  EXPECT_THROW(b.wait(), mp::BrokenBarrierError);
+}
+
+TEST(SyncManagerWaiting, AnArrayHoldsTypedItems) {
+  mp::SyncManager m = mp::Manager();
+  auto a = m.Array<std::int32_t>(3);
+  EXPECT_EQ(a.size(), 3u);
+  a.set(1, 5);
+  a.set(-1, 9);
+  EXPECT_EQ(a.get(1), 5);
+  EXPECT_EQ(a.copy(), (std::vector<std::int32_t>{0, 5, 9}));
+  EXPECT_THROW(a.get(3), std::out_of_range);
+  EXPECT_THROW(a.callmethod<void>("__setitem__", 0, std::int64_t{1} << 40), mp::RemoteError);  // OverflowError
+  EXPECT_THROW(a.callmethod<void>("__setitem__", 0, "text"), mp::RemoteError);  // TypeError
+  auto d = m.Array<double>(std::vector<double>{1.5, 2.5});
+  EXPECT_EQ(d.copy(), (std::vector<double>{1.5, 2.5}));
+  EXPECT_THROW(m.create("Array", "x", std::vector<int>{}), mp::RemoteError);  // bad typecode
+}
+
+TEST(SyncManagerWaiting, ShutdownEndsCallsThatAreStillWaiting) {
+  mp::SyncManager manager(Address("127.0.0.1", 0), mp::bytes("stop-key"));
+  mp::Server server = manager.get_server();
+  std::promise<void> served;
+  std::thread serving([server, &served]() mutable {
+    server.serve_forever();
+    served.set_value();
+  });
+  auto finished = served.get_future();
+  mp::SyncManager client(manager.address(), mp::bytes("stop-key"));
+  auto q = client.Queue<int>();
+  EXPECT_EQ(q.qsize(), 0u);  // the proxy's channel is open: get() goes straight to the server
+  auto waiting = std::async(std::launch::async, [q]() mutable {
+    try {
+      q.get();
+      return std::string("returned");
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+  });
+  // q.get() waits in the manager with no timeout; shutdown must still end the server.
+  mp::SyncManager(manager.address(), mp::bytes("stop-key")).shutdown();
+  EXPECT_EQ(finished.wait_for(30s), std::future_status::ready);
+  serving.join();
+  EXPECT_NE(waiting.get(), "returned");
+}
+
+}  // namespace
+
+// ---- constructor arguments, keyword arguments and '#PROXY' results ----
+namespace {
+
+struct Point {
+  Point(std::int64_t x_, std::string label_) : x(x_), label(std::move(label_)) {}
+  std::int64_t x;
+  std::string label;
+  std::string describe() const { return label + "=" + std::to_string(x); }
+  Counter counter_from() { Counter c; c.n = x; return c; }
+};
+
+TEST(ManagerTypes, AConstructorTakesCreatesArgumentsAndAProxyMethodReturnsANewProxy) {
+  mp::BaseManager m(Address("127.0.0.1", 0), mp::bytes("ctor"));
+  register_all(m);
+  m.register_type<Point>("Point")
+      .constructor<std::int64_t, std::string>()
+      .method("describe", &Point::describe)
+      .proxy_method("counter", &Point::counter_from, "Counter");
+  mp::Server server = m.get_server();
+  std::thread serving([server]() mutable { server.serve_forever(); });
+  {
+    mp::BaseManager client(m.address(), mp::bytes("ctor"));
+    mp::BaseProxy p = client.create("Point", 4, "four");
+    EXPECT_EQ(p.callmethod<std::string>("describe"), "four=4");
+    EXPECT_THROW(client.create("Point", 4), mp::RemoteError);  // wrong number of arguments
+    mp::BaseProxy c = p.callmethod<mp::BaseProxy>("counter");
+    EXPECT_EQ(c.token().type_id, "Counter");
+    c.callmethod<void>("add", 1);
+    EXPECT_EQ(c.callmethod<std::int64_t>("get"), 5);
+    EXPECT_EQ(client.number_of_objects(), 2);
+  }
+  mp::BaseManager control(m.address(), mp::bytes("ctor"));
+  EXPECT_EQ(control.number_of_objects(), 0);
+  control.shutdown();
+  serving.join();
+}
+
+TEST(ManagerTypes, ADictsIteratorIsAProxyAndNamespaceTakesKeywordArguments) {
+  mp::SyncManager m = mp::Manager();
+  auto d = m.dict<std::string, int>();
+  d.set("a", 1);
+  d.set("b", 2);
+  mp::BaseProxy it = d.callmethod<mp::BaseProxy>("__iter__");
+  EXPECT_EQ(it.token().type_id, "Iterator");
+  EXPECT_EQ(it.callmethod<std::string>("__next__"), "a");
+  EXPECT_EQ(it.callmethod<std::string>("__next__"), "b");
+  try {
+    it.callmethod<std::string>("__next__");
+    FAIL() << "no StopIteration";
+  } catch (const mp::RemoteError& e) {
+    EXPECT_EQ(e.type_name(), "StopIteration");
+  }
+  mp::NamespaceProxy ns(m.create_value("Namespace", mp::pickle::Value::tuple(),
+                                       mp::pickle::Value::dict({{mp::pickle::Value("x"), mp::pickle::Value(3)}})));
+  EXPECT_EQ(ns.get<int>("x"), 3);
+  // A keyword argument a method does not take is Python's TypeError.
+  auto q = m.Queue<int>();
+  EXPECT_THROW(m.create_value("Queue", mp::pickle::Value::tuple(),
+                              mp::pickle::Value::dict({{mp::pickle::Value("nope"), mp::pickle::Value(1)}})),
+               mp::RemoteError);
+}
+
+}  // namespace
+
+// ---- proxies as values, and the waiting proxies in spawned children ----
+namespace {
+
+using namespace std::chrono_literals;
+
+void spawned_producer(mp::QueueProxy<int> q, mp::EventProxy done, mp::AcquirerProxy lock,
+                      mp::BarrierProxy barrier, mp::ArrayProxy<double> a, mp::ConditionProxy c, mp::AcquirerProxy sem) {
+  {
+    std::lock_guard guard(lock);
+    q.put(41);
+    q.put(42);
+  }
+  a.set(1, 2.5);
+  sem.release();
+  barrier.wait(std::chrono::seconds(30));
+  c.acquire();
+  c.notify_all();
+  c.release();
+  done.set();
+}
+
+class WaitingProxyInChild : public testing::TestWithParam<std::string> {};
+
+TEST_P(WaitingProxyInChild, EveryWaitingProxyWorksInAChildOfEveryStartMethod) {
+  mp::SyncManager m = mp::Manager();
+  auto q = m.Queue<int>();
+  auto done = m.Event();
+  auto lock = m.Lock();
+  auto barrier = m.Barrier(2);
+  auto a = m.Array<double>(2);
+  auto c = m.Condition();
+  auto sem = m.Semaphore(0);
+  ASSERT_TRUE(c.acquire());
+  mp::Process p(mp::get_context(GetParam()), &spawned_producer, q, done, lock, barrier, a, c, sem);
+  p.start();
+  EXPECT_EQ(q.get(true, 30s), 41);
+  EXPECT_EQ(q.get(true, 30s), 42);
+  EXPECT_TRUE(sem.acquire(true, 30s));
+  EXPECT_GE(barrier.wait(30s), 0);
+  EXPECT_EQ(a.get(1), 2.5);
+  // The child notifies only after the barrier, and can take the condition's lock only while this
+  // side waits: the wait cannot miss the notification.
+  EXPECT_TRUE(c.wait(30s));
+  c.release();
+  EXPECT_TRUE(done.wait(30s));
+  ASSERT_TRUE(p.join(mp::Duration(30.0)));
+  EXPECT_EQ(p.exitcode(), 0);
+  EXPECT_TRUE(lock.acquire(false));  // the child released it
+}
+
+INSTANTIATE_TEST_SUITE_P(StartMethods, WaitingProxyInChild, testing::Values("fork", "spawn", "forkserver"));
+
+TEST(ProxyValues, AProxyStoredInADictComesBackAsAWorkingProxyWithAReferenceOfItsOwn) {
+  mp::SyncManager m = mp::Manager();
+  auto d = m.dict<std::string, mp::pickle::Value>();
+  {
+    auto q = m.Queue<std::string>();
+    q.put("kept");
+    d.set("q", mp::pickle::Value(q));
+    EXPECT_TRUE(mp::BaseProxy::is_reduced(d.get("q")));
+    EXPECT_NE(d.get("q").repr().find("multiprocessing.managers.RebuildProxy"), std::string::npos);
+    auto back = d.get("q").as<mp::QueueProxy<std::string>>();
+    EXPECT_EQ(back.token(), q.token());
+    q = {};  // the first proxy goes: the rebuilt one still holds the queue
+    EXPECT_EQ(back.get(true, 5s), "kept");
+  }
+  d.clear();
+  EXPECT_EQ(m.number_of_objects(), 1);  // only the dict is left
+  EXPECT_THROW(mp::BaseProxy::rebuild(mp::pickle::Value("not a proxy")), std::invalid_argument);
+}
+
+}  // namespace
+
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(ManagerFaults, AClientKilledWhileWaitingInTheManagerDoesNotDisturbTheOthersOrShutdown) {
+  mp::SyncManager manager(Address("127.0.0.1", 0), mp::bytes("kill-key"));
+  mp::Server server = manager.get_server();
+  std::promise<void> served;
+  std::thread serving([server, &served]() mutable {
+    server.serve_forever();
+    served.set_value();
+  });
+  auto finished = served.get_future();
+  {
+    mp::SyncManager client(manager.address(), mp::bytes("kill-key"));
+    auto q = client.Queue<int>();
+    auto waiting = client.Event();
+    mp::Process p(mp::get_context("fork"), [q, waiting]() mutable {
+      waiting.set();
+      q.get();  // waits in the manager until it is killed
+    });
+    p.start();
+    ASSERT_TRUE(waiting.wait(30s));
+    p.kill();
+    p.join();
+    // The manager still serves everybody else, the same queue included.
+    auto d = client.dict<std::string, int>();
+    d.set("after", 1);
+    EXPECT_EQ(d.get("after"), 1);
+    auto other = client.Queue<int>();
+    other.put(5);
+    EXPECT_EQ(other.get(true, 5s), 5);
+    EXPECT_EQ(q.qsize(), 0u);
+  }
+  // The killed client's server thread is still waiting in get(): shutdown ends it.
+  mp::SyncManager(manager.address(), mp::bytes("kill-key")).shutdown();
+  EXPECT_EQ(finished.wait_for(30s), std::future_status::ready);
+  serving.join();
+}
+
+}  // namespace
+
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(SyncManagerWaiting, AConditionOverALockOfTheManagerSharesThatLock) {
+  mp::SyncManager m = mp::Manager();
+  for (bool reentrant : {false, true}) {
+    auto lock = reentrant ? m.RLock() : m.Lock();
+    auto c = m.Condition(lock);
+    ASSERT_TRUE(c.acquire());
+    // The condition's acquire took the lock itself (for an RLock: owned by the condition's
+    // connection, so the lock's own proxy, another connection, cannot take it either).
+    EXPECT_FALSE(lock.acquire(false));
+    EXPECT_FALSE(c.wait(0.02s));
+    // The child takes the lock while this side waits, and notifies: a Lock (which has no owner)
+    // through the lock's own proxy, an RLock through the condition (the connection that notifies
+    // must own it).
+    mp::Process p(mp::get_context("fork"), [c, lock, reentrant]() mutable {
+      mp::AcquirerProxy& through = reentrant ? static_cast<mp::AcquirerProxy&>(c) : lock;
+      through.acquire();
+      c.notify();
+      through.release();
+    });
+    p.start();
+    EXPECT_TRUE(c.wait(30s));
+    c.release();
+    ASSERT_TRUE(p.join(mp::Duration(30.0)));
+    EXPECT_EQ(p.exitcode(), 0);
+    EXPECT_TRUE(lock.acquire(false));
+    lock.release();
+  }
+  auto q = m.Queue<int>();
+  EXPECT_THROW(m.create("Condition", q), mp::RemoteError);  // TypeError: not a lock
 }
 
 }  // namespace

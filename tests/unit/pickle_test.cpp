@@ -566,4 +566,140 @@ TEST(PickleLoads, bounds_what_copying_shared_references_out_may_cost) {
   EXPECT_THROW(pickle::loads<std::vector<std::vector<std::vector<Value>>>>(data), std::invalid_argument);
 }
 
+// ---------------------------------------------------------------------------------------------
+// loads<T> straight into C++ types (detail::Cursor), and its fallback to the Value path
+
+// T read through the Value path only (what loads<T> must always agree with).
+template <class T>
+T through_value(const Bytes& data) {
+  return pickle::loads<Value>(data).as<T>();
+}
+
+TEST(PickleDirect, reads_the_usual_shapes_straight_into_cpp_types) {
+  std::map<std::string, long> d;
+  for (long i = 0; i < 2500; ++i) d["key" + std::to_string(i)] = i * 1000003;  // several batches
+  const Bytes data = pickle::dumps(d);
+  {
+    pickle::detail::Cursor c(data);
+    std::map<std::string, long> out;
+    ASSERT_TRUE(c.start());
+    ASSERT_TRUE((pickle::detail::Convert<std::map<std::string, long>>::read(c, out)));  // not the fallback
+    ASSERT_TRUE(c.finish());
+    EXPECT_EQ(out, d);
+  }
+  EXPECT_EQ((pickle::loads<std::map<std::string, long>>(data)), d);
+
+  // keys met again are memo references: [{'a': 1, 'b': [1.5, True]}, {'a': 2, 'b': []}]
+  std::vector<std::map<std::string, std::vector<double>>> records = {{{"a", {1.5, 1}}, {"bb", {}}},
+                                                                     {{"a", {}}, {"bb", {2, -0.0}}}};
+  for (int protocol = 2; protocol <= 5; ++protocol) {
+    const Bytes r = pickle::dumps(records, protocol);
+    using Records = std::vector<std::map<std::string, std::vector<double>>>;
+    EXPECT_EQ(pickle::loads<Records>(r), records) << protocol;
+  }
+  const std::vector<std::optional<std::string>> maybe = {std::nullopt, "x", "", std::string(300, 'y')};
+  EXPECT_EQ(pickle::loads<std::vector<std::optional<std::string>>>(pickle::dumps(maybe)), maybe);
+  const std::vector<Bytes> blobs = {Bytes{}, Bytes(1, std::byte{7}), Bytes(70000, std::byte{1})};
+  EXPECT_EQ(pickle::loads<std::vector<Bytes>>(pickle::dumps(blobs)), blobs);
+  const std::map<int, bool> flags = {{-5, true}, {1 << 20, false}, {7, true}};
+  EXPECT_EQ((pickle::loads<std::map<int, bool>>(pickle::dumps(flags))), flags);
+}
+
+TEST(PickleDirect, agrees_with_the_value_path_on_unusual_streams) {
+  // One-item dict and list (SETITEM/APPEND), empty containers followed by siblings, duplicate
+  // keys (the last value wins), a key as True and 1, a tuple where a list is expected, a shared
+  // list, a big int, bool as int.
+  const std::vector<std::string> hexes = {
+      "80 04 7d 94 8c 01 61 94 4b 01 73 2e",                                // {'a': 1}
+      "80 04 5d 94 28 5d 94 5d 94 4b 05 61 65 2e",                          // [[], [5]]
+      "80 04 5d 94 28 7d 94 7d 94 8c 01 6b 94 4b 02 73 65 2e",              // [{}, {'k': 2}]
+      "80 04 7d 94 28 8c 01 61 94 4b 01 68 01 4b 02 75 2e",                 // {'a': 1, 'a': 2}
+      "80 04 7d 94 28 88 4b 01 4b 01 4b 02 75 2e",                          // {True: 1, 1: 2}
+      "80 04 5d 94 28 4b 01 4b 02 86 94 65 2e",                             // [(1, 2)]
+      "80 04 5d 94 28 5d 94 68 01 65 2e",                                   // [l, l]: shared
+      "80 04 5d 94 28 8a 09 00 00 00 00 00 00 00 00 01 65 2e",              // [2**64]
+      "80 04 5d 94 28 88 89 4b 03 65 2e",                                   // [True, False, 3]
+      "80 04 5d 94 28 5d 94 4b 01 61 8c 01 78 65 2e",                       // [[1], 'x']
+      "80 02 5d 71 00 28 4b 01 4b 02 65 2e",                                // protocol 2, BINPUT
+      "80 04 5d 94 28 4b 01 30 65 2e",                                      // POP: not for the cursor
+      "80 04 5d 94 4b 01 61 4b 02 61 2e",                                   // [1, 2] by APPENDs
+  };
+  for (const std::string& hex : hexes) {
+    const Bytes data = from_hex(hex);
+    const auto check = [&](auto tag) {
+      using T = decltype(tag);
+      std::optional<T> direct, via;
+      try {
+        direct = pickle::loads<T>(data);
+      } catch (const std::invalid_argument&) {
+      }
+      try {
+        via = through_value<T>(data);
+      } catch (const std::invalid_argument&) {
+      } catch (const std::out_of_range&) {
+      }
+      EXPECT_EQ(direct.has_value(), via.has_value()) << hex;
+      if (direct && via) {
+        EXPECT_TRUE(*direct == *via) << hex;
+      }
+    };
+    check(std::map<std::string, long>{});
+    check(std::map<long, long>{});
+    check(std::vector<long>{});
+    check(std::vector<std::vector<long>>{});
+    check(std::vector<std::map<std::string, long>>{});
+    check(std::vector<std::string>{});
+    check(std::vector<bool>{});
+    check(std::vector<double>{});
+  }
+  EXPECT_EQ((pickle::loads<std::map<std::string, long>>(from_hex(hexes[3]))), (std::map<std::string, long>{{"a", 2}}));
+  EXPECT_EQ((pickle::loads<std::map<long, long>>(from_hex(hexes[4]))), (std::map<long, long>{{1, 2}}));
+  EXPECT_EQ(pickle::loads<std::vector<long>>(from_hex(hexes[12])), (std::vector<long>{1, 2}));
+}
+
+TEST(PickleDirect, refuses_bad_input_as_the_value_path_does) {
+  std::map<std::string, long> d = {{"a", 1}, {"b", 2}, {"c", 3}};
+  const Bytes data = pickle::dumps(d);
+  for (std::size_t n = 0; n < data.size(); ++n) {
+    const Bytes cut(data.begin(), data.begin() + static_cast<std::ptrdiff_t>(n));
+    EXPECT_THROW((pickle::loads<std::map<std::string, long>>(cut)), std::invalid_argument) << n;
+  }
+  Bytes extra = data;
+  extra.push_back(std::byte{0x4e});
+  EXPECT_THROW((pickle::loads<std::map<std::string, long>>(extra)), std::invalid_argument);
+  // a str that is not UTF-8, an int out of range, a huge declared length
+  EXPECT_THROW(pickle::loads<std::vector<std::string>>(from_hex("80 04 5d 94 8c 01 ff 61 2e")), std::invalid_argument);
+  EXPECT_THROW(pickle::loads<std::vector<std::int8_t>>(from_hex("80 04 5d 94 4d 00 10 61 2e")), std::invalid_argument);
+  EXPECT_THROW(pickle::loads<std::vector<std::string>>(from_hex("80 04 5d 94 8d ff ff ff ff ff ff ff 7f 61 2e")),
+               std::invalid_argument);
+  // a global is refused, whatever T is
+  EXPECT_THROW(pickle::loads<std::vector<long>>(from_hex("80 04 5d 94 63 6f 73 0a 73 79 73 74 65 6d 0a 61 2e")),
+               std::invalid_argument);
+}
+
+TEST(PickleValue, is_sixteen_bytes_and_shares_long_text) {
+  EXPECT_EQ(sizeof(Value), 16u);
+  const std::string long_text(1000, 'z');
+  Value a(long_text);
+  Value b = a;  // shares the text
+  EXPECT_EQ(b.as<std::string>(), long_text);
+  a = Value(1);
+  EXPECT_EQ(b.as<std::string>(), long_text);
+  Value moved = std::move(b);
+  EXPECT_TRUE(b.is_none());  // NOLINT(bugprone-use-after-move): a moved-from Value is None
+  EXPECT_EQ(moved.size(), 1000u);
+  // assigning a value its own item: the item is taken before the container goes
+  Value nested = Value::list({Value::list({1, std::string(40, 'q')}), 2});
+  nested = nested[0];
+  EXPECT_EQ(nested, Value::list({1, std::string(40, 'q')}));
+  Value nested2 = Value::list({Value::list({3})});
+  Value inner = nested2[0];
+  nested2 = std::move(inner);
+  EXPECT_EQ(nested2, Value::list({3}));
+  nested2 = nested2;  // NOLINT(clang-diagnostic-self-assign-overloaded)
+  EXPECT_EQ(nested2, Value::list({3}));
+  EXPECT_EQ(Value(std::string("fourteen bytes")).as<std::string>(), "fourteen bytes");  // inline
+  EXPECT_EQ(Value(std::string("fifteen bytes!!")).as<std::string>(), "fifteen bytes!!");  // boxed
+}
+
 }  // namespace

@@ -6,11 +6,37 @@
 
 #include <fcntl.h>
 
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <new>
+#include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
+
+// Every allocation of this test binary goes through here, so that a test can count the ones its
+// own thread makes (the hot path of put and get must make none).
+namespace {
+thread_local bool t_count_allocations = false;
+thread_local long t_allocations = 0;
+void* counted_alloc(std::size_t n) {
+  if (t_count_allocations) ++t_allocations;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+}  // namespace
+void* operator new(std::size_t n) { return counted_alloc(n); }
+void* operator new[](std::size_t n) { return counted_alloc(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
@@ -160,7 +186,7 @@ TEST(Queue, an_unbounded_queue_applies_back_pressure_when_the_ring_is_full) {
 
 TEST(Queue, at_most_64_out_of_line_items_wait_at_once_and_the_next_put_times_out_without_hanging) {
   mp::Queue<mp::Bytes> q;
-  const mp::Bytes big(300000);
+  const mp::Bytes big(300000);  // 64 of them stay under the 32 MiB cap: the count binds first
   for (int i = 0; i < 64; ++i) q.put(big, 5s);
   auto t0 = Clock::now();
   EXPECT_THROW(q.put_nowait(big), mp::Full);
@@ -174,6 +200,89 @@ TEST(Queue, at_most_64_out_of_line_items_wait_at_once_and_the_next_put_times_out
   EXPECT_EQ(q.get().size(), 300000u);
 }
 
+TEST(Queue, at_most_32_mib_of_out_of_line_items_wait_at_once_but_one_item_of_any_size_passes) {
+  mp::Queue<mp::Bytes> q;
+  for (unsigned i = 0; i < 4; ++i) q.put_nowait(pattern(8 << 20, i));  // 32 MiB and 32 bytes
+  EXPECT_THROW(q.put_nowait(pattern(8 << 20, 4)), mp::Full);
+  q.put_nowait(pattern(100, 5));  // small items still fit
+  ASSERT_TRUE(matches(q.get(), 8 << 20, 0));
+  q.put_nowait(pattern(8 << 20, 4));
+  for (unsigned i = 1; i < 4; ++i) ASSERT_TRUE(matches(q.get(), 8 << 20, i)) << i;
+  ASSERT_TRUE(matches(q.get(), 100, 5));
+  ASSERT_TRUE(matches(q.get(), 8 << 20, 4));
+  // Nothing in flight: an item far over the cap passes at once, and holds the next large one.
+  q.put_nowait(pattern(40 << 20, 6));
+  EXPECT_THROW(q.put_nowait(pattern(300000, 7)), mp::Full);
+  ASSERT_TRUE(matches(q.get(), 40 << 20, 6));
+  q.put_nowait(pattern(300000, 7));
+  ASSERT_TRUE(matches(q.get(), 300000, 7));
+}
+
+namespace {
+// The distinct inodes of this process's mappings of queue segments (/proc/self/maps).
+std::set<std::string> mapped_segments() {
+  std::ifstream maps("/proc/self/maps");
+  std::set<std::string> inodes;
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("mp-queue-item") == std::string::npos) continue;
+    std::istringstream fields(line);
+    std::string range, perms, offset, dev, inode;
+    fields >> range >> perms >> offset >> dev >> inode;
+    inodes.insert(inode);
+  }
+  return inodes;
+}
+}  // namespace
+
+TEST(Queue, a_stream_of_large_items_reuses_a_few_segments_kept_mapped) {
+  mp::Queue<mp::Bytes> q;
+  const auto before = mapped_segments();
+  for (unsigned i = 0; i < 40; ++i) {
+    q.put(pattern(1 << 20, i));
+    ASSERT_TRUE(matches(q.get(), 1 << 20, i)) << i;
+  }
+  const auto after = mapped_segments();
+  // One segment goes round (put, get, back to the pool); a fresh one per item would leave none
+  // mapped (or 40).
+  std::size_t fresh = 0;
+  for (const auto& inode : after) fresh += before.count(inode) == 0;
+  EXPECT_GE(fresh, 1u);
+  EXPECT_LE(fresh, 2u);
+  // Items larger than a recycled segment still fit (a bigger one is made); smaller ones reuse it.
+  q.put(pattern(3 << 20, 1));
+  EXPECT_TRUE(matches(q.get(), 3 << 20, 1));
+  q.put(pattern(300000, 2));
+  EXPECT_TRUE(matches(q.get(), 300000, 2));
+}
+
+TEST(Queue, containers_of_plain_elements_put_without_encoding_round_trip_as_the_codec_encodes_them) {
+  // put() writes a vector of numbers or a string as its u64 count then its bytes, without the
+  // codec: that must be exactly the codec's encoding, which get() decodes.
+  auto raw = [](std::uint64_t n, const void* data, std::size_t bytes) {
+    mp::Bytes out(8 + bytes);
+    std::memcpy(out.data(), &n, 8);
+    if (bytes) std::memcpy(out.data() + 8, data, bytes);
+    return out;
+  };
+  const std::vector<double> doubles{1.5, -2.0, 1e300};
+  const std::string text = "hello, queue";
+  const std::vector<std::int32_t> ints(100000, -7);  // out of line
+  EXPECT_EQ(mp::dumps(doubles), raw(doubles.size(), doubles.data(), sizeof(double) * doubles.size()));
+  EXPECT_EQ(mp::dumps(text), raw(text.size(), text.data(), text.size()));
+  EXPECT_EQ(mp::dumps(ints), raw(ints.size(), ints.data(), 4 * ints.size()));
+  mp::Queue<std::vector<double>> qd;
+  qd.put(doubles);
+  EXPECT_EQ(qd.get(), doubles);
+  mp::Queue<std::string> qs;
+  qs.put(text);
+  qs.put(std::string());
+  EXPECT_EQ(qs.get(), text);
+  EXPECT_EQ(qs.get(), "");
+  mp::Queue<std::vector<std::int32_t>> qi;
+  qi.put(ints);
+  EXPECT_EQ(qi.get(), ints);
+}
+
 TEST(Queue, items_of_every_size_around_the_out_of_line_threshold_round_trip) {
   mp::Queue<mp::Bytes> q;
   for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{8}, std::size_t{262143},
@@ -181,6 +290,51 @@ TEST(Queue, items_of_every_size_around_the_out_of_line_threshold_round_trip) {
     q.put(pattern(n, 3));
     ASSERT_TRUE(matches(q.get(), n, 3)) << n;
   }
+}
+
+namespace {
+// Allocations made by the calling thread while body runs.
+template <class F>
+long allocations_of(F body) {
+  t_allocations = 0;
+  t_count_allocations = true;
+  body();
+  t_count_allocations = false;
+  return t_allocations;
+}
+}  // namespace
+
+TEST(Queue, put_and_get_of_small_plain_items_allocate_nothing_once_warm) {
+  mp::Queue<long> longs;
+  mp::Queue<std::array<std::int32_t, 4>> arrays;
+  mp::Queue<mp::Bytes> bytes;
+  const mp::Bytes item(32, std::byte{5});
+  auto round = [&](int n) {
+    for (int i = 0; i < n; ++i) {
+      longs.put(i);
+      if (longs.get() != i) std::abort();
+      arrays.put({i, 1, 2, 3});
+      if (arrays.get()[0] != i) std::abort();
+      bytes.put(item);
+    }
+    for (int i = 0; i < n; ++i) bytes.get_nowait();  // a Bytes result is allocated: not counted below
+  };
+  round(100);  // warm: this thread's buffers grow once
+  EXPECT_EQ(allocations_of([&] {
+              for (int i = 0; i < 1000; ++i) {
+                longs.put(i);
+                if (longs.get() != i) std::abort();
+                arrays.put_nowait({i, 1, 2, 3});
+                if (arrays.get_nowait()[0] != i) std::abort();
+                bytes.put(item);
+              }
+            }),
+            0);
+  // 1000 Bytes gets: one allocation each, for the result itself.
+  EXPECT_EQ(allocations_of([&] {
+              for (int i = 0; i < 1000; ++i) (void)bytes.get_nowait();
+            }),
+            1000);
 }
 
 namespace {

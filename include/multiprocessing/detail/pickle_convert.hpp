@@ -26,7 +26,7 @@ namespace mp::pickle::detail {
 
 /// Storage shared by copies of a container Value (copy-on-write: a copy is detached before it is
 /// modified). dict items are stored as key, value, key, value, ...
-struct Container {
+struct Container : Counted {
   std::vector<Value> items;
   /// An open-addressing hash table over items, built once a dict or set grows past a few items, so
   /// that set_item and the reader's duplicate checks stay O(1) without an allocation per entry.
@@ -66,7 +66,7 @@ struct ValueAccess {
   static std::int64_t get_int64(const Value& v, const char* wanted);
   static std::uint64_t get_uint64(const Value& v, const char* wanted);
   static double get_double(const Value& v);
-  static const std::string& get_str(const Value& v);
+  static std::string_view get_str(const Value& v);
   static Bytes get_bytes(const Value& v);
   /// The items of a list/tuple/set/frozenset (or of a dict: key, value, ...) with no type check.
   static const std::vector<Value>& items(const Value& v) noexcept;
@@ -84,6 +84,255 @@ struct Convert {
   static constexpr bool kSupported = false;
   static constexpr bool kLoadable = false;
 };
+
+/// Whether s is well-formed UTF-8 with no surrogates (what Python's strict 'utf-8' accepts).
+bool valid_utf8(std::string_view s) noexcept;
+/// valid_utf8, with short ASCII strings (most keys) checked inline.
+inline bool utf8_ok(std::string_view s) noexcept {
+  if (s.size() > 16) return valid_utf8(s);
+  unsigned char any = 0;
+  for (char c : s) any |= static_cast<unsigned char>(c);
+  return (any & 0x80) == 0 || valid_utf8(s);
+}
+
+/// loads<T>'s direct decoder: reads the pickle opcodes CPython (and dumps) write for plain data
+/// straight into C++ values, without a Value tree. It recognizes only that canonical shape: on
+/// anything else (tuples, sets, shared containers, globals, unusual opcodes, bad input, a value
+/// that does not convert) a read returns false and loads<T> starts again through the Value path,
+/// which gives the result or the documented exception. Each read either succeeds or returns
+/// false; a false read may have consumed input (the caller then gives up).
+///
+/// The opcodes read here are interpreted exactly as the stack machine would (a batch MARK ...
+/// SETITEMS right after a dict fills that dict, a memo reference pushes the memoized object), so
+/// whatever is accepted equals what the Value path builds and converts. A memo reference to a str
+/// or bytes is resolved through the offset it was read at; text produced from memo references is
+/// limited by the same budget as loads<T> applies to the Value path.
+class Cursor {
+ public:
+  explicit Cursor(std::span<const std::byte> data) noexcept
+      : p_(reinterpret_cast<const unsigned char*>(data.data())),
+        size_(data.size()),
+        budget_((std::size_t{1} << 20) + 64 * data.size()) {}
+
+  /// PROTO (optional).
+  bool start() {
+    if (size_ >= 2 && p_[0] == 0x80 && p_[1] <= 5) pos_ = 2;
+    return true;
+  }
+  /// STOP, then the end of the input.
+  bool finish() {
+    if (peek() != 0x2e) return false;
+    ++pos_;
+    return pos_ == size_;
+  }
+
+  /// The next opcode (after any FRAME headers, each checked to fit the input), or -1 at the end.
+  int peek() {
+    while (pos_ < size_ && p_[pos_] == 0x95) {
+      if (size_ - pos_ < 9) return -1;
+      std::uint64_t len = 0;
+      std::memcpy(&len, p_ + pos_ + 1, 8);  // (little-endian hosts: the library is for Linux x86/arm)
+      if (len > size_ - pos_ - 9) return -1;
+      pos_ += 9;
+    }
+    return pos_ < size_ ? p_[pos_] : -1;
+  }
+  std::size_t position() const noexcept { return pos_; }
+
+  bool none() {
+    if (peek() != 0x4e) return false;
+    ++pos_;
+    return memo_after(kOther);
+  }
+  bool boolean(bool& out) {
+    const int op = peek();
+    if (op != 0x88 && op != 0x89) return false;
+    ++pos_;
+    out = op == 0x88;
+    return memo_after(kOther);
+  }
+  /// int (or bool, as Python's int(True)) that fits int64.
+  bool integer(std::int64_t& out) {
+    const int op = peek();
+    switch (op) {
+      case 0x4b:  // BININT1
+        if (size_ - pos_ < 2) return false;
+        out = p_[pos_ + 1];
+        pos_ += 2;
+        break;
+      case 0x4d:  // BININT2
+        if (size_ - pos_ < 3) return false;
+        out = p_[pos_ + 1] | (p_[pos_ + 2] << 8);
+        pos_ += 3;
+        break;
+      case 0x4a: {  // BININT
+        if (size_ - pos_ < 5) return false;
+        std::uint32_t u = 0;
+        for (int k = 3; k >= 0; --k) u = (u << 8) | p_[pos_ + 1 + static_cast<std::size_t>(k)];
+        out = static_cast<std::int32_t>(u);
+        pos_ += 5;
+        break;
+      }
+      case 0x8a: {  // LONG1 of up to 8 bytes
+        if (size_ - pos_ < 2) return false;
+        const std::size_t n = p_[pos_ + 1];
+        if (n > 8 || size_ - pos_ - 2 < n) return false;
+        std::uint64_t u = (n > 0 && (p_[pos_ + 1 + n] & 0x80)) ? ~std::uint64_t{0} : 0;
+        for (std::size_t k = 0; k < n; ++k) {
+          u &= ~(std::uint64_t{0xff} << (8 * k));
+          u |= static_cast<std::uint64_t>(p_[pos_ + 2 + k]) << (8 * k);
+        }
+        out = static_cast<std::int64_t>(u);
+        pos_ += 2 + n;
+        break;
+      }
+      case 0x88:
+      case 0x89:
+        out = op == 0x88 ? 1 : 0;
+        ++pos_;
+        break;
+      default: return false;
+    }
+    return memo_after(kOther);
+  }
+  /// float, or an int/bool (as Python's float(i)).
+  bool floating(double& out) {
+    if (peek() == 0x47) {
+      if (size_ - pos_ < 9) return false;
+      std::uint64_t bits = 0;
+      for (std::size_t k = 1; k <= 8; ++k) bits = (bits << 8) | p_[pos_ + k];
+      std::memcpy(&out, &bits, sizeof out);
+      pos_ += 9;
+      return memo_after(kOther);
+    }
+    std::int64_t i = 0;
+    if (!integer(i)) return false;
+    out = static_cast<double>(i);
+    return true;
+  }
+  /// A str (checked to be UTF-8) or bytes: a view of the input.
+  bool text(bool str, std::string_view& out) {
+    const int op = peek();
+    if (op == 0x68 || op == 0x6a) return memo_get(str ? kStr : kBytes, out);
+    const std::size_t at = pos_;
+    if (!text_at(at, str, out)) return false;
+    if (str && !utf8_ok(out)) return false;
+    return memo_after(str ? kStr : kBytes, at);
+  }
+
+  /// EMPTY_DICT / EMPTY_LIST (and their memo slot, which only a memo reference could use: it
+  /// would make the container shared, which only the Value path represents).
+  bool open(bool dict) {
+    if (peek() != (dict ? 0x7d : 0x5d)) return false;
+    ++pos_;
+    return memo_after(kOther);
+  }
+  /// MARK, opening a batch.
+  bool mark() {
+    if (peek() != 0x28) return false;
+    ++pos_;
+    return true;
+  }
+  /// The opcode op (SETITEMS, APPENDS, SETITEM, APPEND) is next: consumed.
+  bool take(int op) {
+    if (peek() != op) return false;
+    ++pos_;
+    return true;
+  }
+
+ private:
+  enum : std::uint8_t { kOther, kStr, kBytes };
+  struct Entry {
+    std::uint8_t kind;
+    std::size_t at;  // kStr/kBytes: where the text's opcode is
+  };
+
+  // The text opcode at `at` (SHORT_BINUNICODE, BINUNICODE, BINUNICODE8, or the bytes ones).
+  bool text_at(std::size_t at, bool str, std::string_view& out) {
+    if (at >= size_) return false;
+    const unsigned op = p_[at];
+    std::size_t header = 0, width = 0;
+    if (str) {
+      switch (op) {
+        case 0x8c: header = 2, width = 1; break;
+        case 0x58: header = 5, width = 4; break;
+        case 0x8d: header = 9, width = 8; break;
+        default: return false;
+      }
+    } else {
+      switch (op) {
+        case 0x43: header = 2, width = 1; break;
+        case 0x42: header = 5, width = 4; break;
+        case 0x8e: case 0x96: header = 9, width = 8; break;
+        default: return false;
+      }
+    }
+    if (size_ - at < header) return false;
+    std::uint64_t n = 0;
+    for (std::size_t k = width; k-- > 0;) n = (n << 8) | p_[at + 1 + k];
+    if (n > size_ - at - header) return false;
+    out = std::string_view(reinterpret_cast<const char*>(p_ + at + header), static_cast<std::size_t>(n));
+    pos_ = at + header + static_cast<std::size_t>(n);
+    return true;
+  }
+  // The memo opcodes that may follow a value: MEMOIZE, BINPUT, LONG_BINPUT (slots in order only).
+  bool memo_after(std::uint8_t kind, std::size_t at = 0) {
+    for (;;) {
+      const int op = peek();
+      std::uint64_t index = 0;
+      if (op == 0x94) {
+        index = memo_.size();
+        pos_ += 1;
+      } else if (op == 0x71) {
+        if (size_ - pos_ < 2) return false;
+        index = p_[pos_ + 1];
+        pos_ += 2;
+      } else if (op == 0x72) {
+        if (size_ - pos_ < 5) return false;
+        for (std::size_t k = 4; k-- > 0;) index = (index << 8) | p_[pos_ + 1 + k];
+        pos_ += 5;
+      } else {
+        return true;
+      }
+      if (index < memo_.size()) {
+        memo_[static_cast<std::size_t>(index)] = Entry{kind, at};
+      } else if (index == memo_.size()) {
+        memo_.push_back(Entry{kind, at});
+      } else {
+        return false;  // out of order: the Value path handles it
+      }
+    }
+  }
+  bool memo_get(std::uint8_t kind, std::string_view& out) {
+    std::uint64_t index = 0;
+    if (p_[pos_] == 0x68) {
+      if (size_ - pos_ < 2) return false;
+      index = p_[pos_ + 1];
+      pos_ += 2;
+    } else {
+      if (size_ - pos_ < 5) return false;
+      for (std::size_t k = 4; k-- > 0;) index = (index << 8) | p_[pos_ + 1 + k];
+      pos_ += 5;
+    }
+    if (index >= memo_.size() || memo_[static_cast<std::size_t>(index)].kind != kind) return false;
+    const std::size_t resume = pos_;
+    if (!text_at(memo_[static_cast<std::size_t>(index)].at, kind == kStr, out)) return false;
+    pos_ = resume;
+    if (out.size() / 64 + 1 > budget_) return false;
+    budget_ -= out.size() / 64 + 1;
+    return true;
+  }
+
+  const unsigned char* p_;
+  std::size_t size_;
+  std::size_t pos_ = 0;
+  std::size_t budget_;  // elements memo references may still produce (as check_expansion counts)
+  std::vector<Entry> memo_;
+};
+
+/// Reads x with the Cursor when Convert<T> has a read().
+template <class T>
+inline constexpr bool has_read_v = requires(Cursor& c, T& x) { Convert<T>::read(c, x); };
 
 /// Writes x with the Pickler: directly when Convert<T> has a write(), else through its Value.
 template <class T>
@@ -127,6 +376,7 @@ struct Convert<bool, void> {
   static constexpr bool kSupported = true, kLoadable = true;
   static Value to(bool b) { return ValueAccess::boolean(b); }
   static void write(Pickler& p, bool b) { p.boolean(b); }
+  static bool read(Cursor& c, bool& out) { return c.boolean(out); }
   static bool holds(const Value& v) { return ValueAccess::is_bool(v); }
   static bool from(const Value& v) { return ValueAccess::get_bool(v); }
 };
@@ -151,6 +401,12 @@ struct Convert<T, void> {
     } else {
       p.value(to(i));
     }
+  }
+  static bool read(Cursor& c, T& out) {
+    std::int64_t i = 0;
+    if (!c.integer(i) || !std::in_range<T>(i)) return false;
+    out = static_cast<T>(i);
+    return true;
   }
   static bool holds(const Value& v) {
     if (!ValueAccess::is_int(v)) return false;
@@ -181,6 +437,12 @@ struct Convert<T, void> {
   static constexpr bool kSupported = true, kLoadable = true;
   static Value to(T d) { return ValueAccess::floating(static_cast<double>(d)); }
   static void write(Pickler& p, T d) { p.floating(static_cast<double>(d)); }
+  static bool read(Cursor& c, T& out) {
+    double d = 0;
+    if (!c.floating(d)) return false;
+    out = static_cast<T>(d);
+    return true;
+  }
   static bool holds(const Value& v) { return ValueAccess::is_float(v); }
   static T from(const Value& v) { return static_cast<T>(ValueAccess::get_double(v)); }
 };
@@ -191,8 +453,14 @@ struct Convert<std::string, void> {
   static constexpr bool kSupported = true, kLoadable = true;
   static Value to(const std::string& s) { return ValueAccess::str(s); }
   static void write(Pickler& p, const std::string& s) { p.str(s); }
+  static bool read(Cursor& c, std::string& out) {
+    std::string_view t;
+    if (!c.text(true, t)) return false;
+    out.assign(t);
+    return true;
+  }
   static bool holds(const Value& v) { return ValueAccess::is_str(v); }
-  static std::string from(const Value& v) { return ValueAccess::get_str(v); }
+  static std::string from(const Value& v) { return std::string(ValueAccess::get_str(v)); }
 };
 template <>
 struct Convert<std::string_view, void> {  // write only: a view could not own what it reads
@@ -225,6 +493,13 @@ struct Convert<Bytes, void> {
   static constexpr bool kSupported = true, kLoadable = true;
   static Value to(const Bytes& b) { return ValueAccess::bytes(b); }
   static void write(Pickler& p, const Bytes& b) { p.bytes(b); }
+  static bool read(Cursor& c, Bytes& out) {
+    std::string_view t;
+    if (!c.text(false, t)) return false;
+    const auto* b = reinterpret_cast<const std::byte*>(t.data());
+    out.assign(b, b + t.size());
+    return true;
+  }
   static bool holds(const Value& v) { return ValueAccess::is_bytes(v); }
   static Bytes from(const Value& v) { return ValueAccess::get_bytes(v); }
 };
@@ -254,6 +529,29 @@ struct Convert<std::vector<U, A>, void> {
       p.item_end(batch);
     }
     p.end(batch);
+  }
+  // A list: EMPTY_LIST, then batches (MARK items APPENDS) or single items (item APPEND).
+  static bool read(Cursor& c, T& out)
+    requires(!is_pair<U>::value && has_read_v<U>)
+  {
+    if (!c.open(false)) return false;
+    out.clear();
+    for (;;) {
+      if (c.mark()) {
+        while (!c.take(0x65)) {  // APPENDS
+          U x{};
+          if (!Convert<U>::read(c, x)) return false;
+          out.push_back(std::move(x));
+        }
+        continue;
+      }
+      (void)c.peek();
+      const std::size_t at = c.position();
+      U x{};
+      if (!Convert<U>::read(c, x)) return c.position() == at;  // not an item: the list is complete
+      if (!c.take(0x61)) return false;  // APPEND
+      out.push_back(std::move(x));
+    }
   }
   static bool holds(const Value& v) {
     if (!ValueAccess::is_list(v)) return false;
@@ -379,6 +677,39 @@ struct MapConvert {
     }
     p.end(batch);
   }
+  // A dict: EMPTY_DICT, then batches (MARK key value ... SETITEMS) or single items (key value
+  // SETITEM); a key met again takes the last value, as in Python. Keys are str or integers only,
+  // whose C++ equality is Python's (1 and True are one key in both).
+  static bool read(Cursor& c, M& out)
+    requires((std::is_same_v<K, std::string> || (std::is_integral_v<K> && !is_char_v<K>)) && has_read_v<K> &&
+             has_read_v<V>)
+  {
+    if (!c.open(true)) return false;
+    out.clear();
+    const auto put = [&](K& k, V& v) {
+      const std::size_t before = out.size();
+      auto it = out.try_emplace(out.end(), std::move(k), std::move(v));  // (moves nothing when k is there)
+      if (out.size() == before) it->second = std::move(v);
+    };
+    for (;;) {
+      if (c.mark()) {
+        while (!c.take(0x75)) {  // SETITEMS
+          K k{};
+          V v{};
+          if (!Convert<K>::read(c, k) || !Convert<V>::read(c, v)) return false;
+          put(k, v);
+        }
+        continue;
+      }
+      (void)c.peek();
+      const std::size_t at = c.position();
+      K k{};
+      if (!Convert<K>::read(c, k)) return c.position() == at;  // not a key: the dict is complete
+      V v{};
+      if (!Convert<V>::read(c, v) || !c.take(0x73)) return false;  // SETITEM
+      put(k, v);
+    }
+  }
   static bool holds(const Value& v) {
     if (!ValueAccess::is_dict(v)) return false;
     const auto& kv = ValueAccess::items(v);
@@ -446,6 +777,18 @@ struct Convert<std::optional<U>, void> {
   static constexpr bool kSupported = true, kLoadable = Convert<U>::kLoadable;
   static Value to(const std::optional<U>& o) { return o ? Convert<U>::to(*o) : Value(); }
   static bool holds(const Value& v) { return v.is_none() || Convert<U>::holds(v); }
+  static bool read(Cursor& c, std::optional<U>& out)
+    requires has_read_v<U>
+  {
+    if (c.none()) {
+      out.reset();
+      return true;
+    }
+    U x{};
+    if (!Convert<U>::read(c, x)) return false;
+    out = std::move(x);
+    return true;
+  }
   static std::optional<U> from(const Value& v) {
     if (v.is_none()) return std::nullopt;
     return Convert<U>::from(v);
@@ -492,6 +835,11 @@ T loads(std::span<const std::byte> data) {
   if constexpr (std::is_same_v<T, Value>) {
     return detail::load_value(data);
   } else {
+    if constexpr (detail::has_read_v<T>) {  // straight into T when the data has the usual shape
+      detail::Cursor c(data);
+      T out{};
+      if (c.start() && detail::Convert<T>::read(c, out) && c.finish()) return out;
+    }
     // A memo lets a short pickle refer to one object many times; copying it out into plain
     // containers may not grow beyond what is reasonable for the input.
     bool shares = false;

@@ -13,6 +13,7 @@
 #include <multiprocessing/detail/process_target.hpp>
 #include <multiprocessing/reduction.hpp>
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -93,6 +94,19 @@ auto pool_call(Fn& fn, Item& item) {
 template <class Fn, class Item, bool kStar>
 using pool_result_t = decltype(pool_call<Fn, Item, kStar>(std::declval<Fn&>(), std::declval<Item&>()));
 
+/// What a worker shares with its pool (a RawValue): the chunks it began and when and which its
+/// current task started, and the task whose soft time limit passed (set by the pool).
+struct WorkerSlot {
+  std::int64_t chunks_started = 0;
+  std::int64_t tasks_started = 0;
+  std::int64_t task_started_ns = 0;  // steady_clock
+  std::int64_t soft_expired_task = -1;
+};
+
+/// In a worker: a task of the running chunk is about to start (per-task time limits and
+/// insights read what this records). Does nothing in the pool's own process.
+void pool_task_started() noexcept;
+
 template <class Fn, class Item, bool kStar>
 void pool_runner(ErasedFn erased, std::span<const std::byte> data, Bytes& out) {
   using R = pool_result_t<Fn, Item, kStar>;
@@ -112,6 +126,7 @@ void pool_runner(ErasedFn erased, std::span<const std::byte> data, Bytes& out) {
   std::vector<std::variant<PoolStored<R>, TaskError>> mixed;
   bool all_ok = true;
   for (auto& item : items) {
+    pool_task_started();
     try {
       if constexpr (std::is_void_v<R>) {
         pool_call<Fn, Item, kStar>(fn, item);
@@ -167,8 +182,10 @@ PoolResults<R> decode_pool_results(std::span<const std::byte> data) {
   return r;
 }
 
-/// One call on the pool, as the dispatcher thread sees it. chunk_done and chunk_failed run on
-/// the dispatcher thread only, one at a time.
+/// One call on the pool: the seam where work enters (Pool::submit(job, chunks)). chunk_done and
+/// chunk_failed run on the dispatcher thread or on a thread waiting for the job's results (which
+/// reads its own results from a worker's pipe when it can): two chunks of one job may complete on
+/// two threads at once, so implementations lock what they share. Each chunk completes once.
 class PoolJob {
  public:
   virtual ~PoolJob() = default;
@@ -179,6 +196,24 @@ class PoolJob {
 
   PoolRunner runner = nullptr;
   ErasedFn fn = nullptr;  // null for a stateless function object
+  /// Per-call time limits of each task (soft: the task sees soft_time_limit_exceeded(); hard: its
+  /// worker is killed and the task fails with TaskTimeLimitExceeded); unset: the pool's.
+  std::optional<Duration> soft_time_limit;
+  std::optional<Duration> time_limit;
+  /// imap's lazily read input: more chunks may be submitted after close() (until join()).
+  bool lazy_input = false;
+  /// The pool's bookkeeping (under its lock): how many chunks of this job go in one message.
+  std::size_t batch = 1;
+};
+
+/// Implemented by the pool: lets a thread that waits for a job's result read it from the pipe of
+/// the worker running it, sparing the hop through the dispatcher thread. help() returns when
+/// done(ctx) is true, at the deadline, or when it cannot help (the caller then waits as usual).
+class PoolWaiter {
+ public:
+  virtual ~PoolWaiter() = default;
+  virtual void help(const PoolJob* job, bool (*done)(void*), void* ctx,
+                    std::optional<std::chrono::steady_clock::time_point> deadline) = 0;
 };
 
 /// A chunk of items, encoded as a std::vector<Item>.
@@ -196,6 +231,8 @@ struct PoolResultState {
   std::exception_ptr error;
   std::optional<PoolStored<T>> value;
   Callbacks<T> callbacks;
+  std::weak_ptr<PoolWaiter> waiter;  // the pool, to read the result on the waiting thread
+  const PoolJob* job = nullptr;
 
   /// Runs the callback, then makes the result ready (as Python: once get() returns, it has run).
   void succeed(PoolStored<T> v) {
@@ -274,12 +311,14 @@ class PoolMapJob final : public PoolJob {
   PoolMapJob(std::shared_ptr<PoolResultState<Out>> state, std::size_t chunks)
       : state_(std::move(state)), chunks_(chunks), left_(chunks) {}
   void chunk_done(std::size_t index, std::span<const std::byte> data) override {
+    std::unique_lock lock(mutex_);
     if (done_) return;
     try {
       auto results = decode_pool_results<R>(data);
       for (auto& r : results.mixed) {
         if (r.index() == 1) {
           done_ = true;
+          lock.unlock();
           state_->fail(make_task_exception(std::get<1>(r)));
           return;
         }
@@ -295,20 +334,27 @@ class PoolMapJob final : public PoolJob {
       }
     } catch (...) {
       done_ = true;
+      lock.unlock();
       state_->fail(std::current_exception());
       return;
     }
-    if (--left_ == 0) finish();
+    if (--left_ == 0) {
+      done_ = true;
+      lock.unlock();
+      finish();
+    }
   }
   void chunk_failed(std::size_t, std::exception_ptr error) override {
-    if (done_) return;
-    done_ = true;
+    {
+      std::lock_guard lock(mutex_);
+      if (done_) return;
+      done_ = true;
+    }
     state_->fail(std::move(error));
   }
 
  private:
   void finish() {
-    done_ = true;
     if constexpr (std::is_void_v<R>) {
       state_->succeed(std::monostate{});
     } else {
@@ -332,65 +378,106 @@ class PoolMapJob final : public PoolJob {
   std::vector<std::vector<PoolStored<R>>> chunks_;
   std::size_t left_;
   bool done_ = false;
+  std::mutex mutex_;
 };
 
-/// Where imap / imap_unordered results wait for the iterator.
+/// Where imap / imap_unordered results wait for the iterator. The input is read lazily: feed
+/// (called by the iterator's thread, under feed_mutex) submits chunks until `upto` items were
+/// submitted or the input ends (then it sets total and clears itself); the iterator keeps at most
+/// `window` items submitted ahead of what it yielded (0: no bound).
 template <class R>
 struct PoolIMapState {
   using Item = std::variant<PoolStored<R>, std::exception_ptr>;
+  static constexpr std::size_t kUnknown = static_cast<std::size_t>(-1);
   std::mutex mutex;
   std::condition_variable changed;
   bool ordered = true;
-  std::size_t total = 0;
+  std::size_t total = kUnknown;  // known once the input is exhausted
   std::size_t yielded = 0;
+  std::size_t submitted = 0;
   std::map<std::size_t, Item> by_position;  // ordered: results not yet yielded
   std::deque<Item> arrived;                 // unordered
+  std::map<std::size_t, std::pair<std::size_t, std::size_t>> spans;  // chunk index -> first position, size
+  std::weak_ptr<PoolWaiter> waiter;
+  const PoolJob* job = nullptr;
+
+  std::mutex feed_mutex;
+  std::function<bool(std::size_t upto)> feed;  // true: the input ended
+  std::size_t window = 0;
+
+  /// Under mutex: records that chunk `index` holds positions [first, first + size).
+  void add_span(std::size_t index, std::size_t first, std::size_t size) {
+    spans.emplace(index, std::pair{first, size});
+    submitted = first + size;
+  }
+  /// Under mutex: the input failed (or the pool refused it) at position `submitted`: that
+  /// position raises error and the iteration ends there.
+  void end_with(std::exception_ptr error) {
+    put(submitted, Item(std::move(error)));
+    total = ++submitted;
+    changed.notify_all();
+  }
+  void put(std::size_t position, Item item) {
+    if (ordered) {
+      by_position.emplace(position, std::move(item));
+    } else {
+      arrived.push_back(std::move(item));
+    }
+  }
 };
 
+/// imap / imap_unordered. Holds its state weakly: results that arrive after the iterator is gone
+/// are dropped.
 template <class R>
 class PoolIMapJob final : public PoolJob {
  public:
-  PoolIMapJob(std::shared_ptr<PoolIMapState<R>> state, std::vector<std::size_t> starts, std::vector<std::size_t> sizes)
-      : state_(std::move(state)), starts_(std::move(starts)), sizes_(std::move(sizes)) {}
+  explicit PoolIMapJob(std::weak_ptr<PoolIMapState<R>> state) : state_(std::move(state)) {}
   void chunk_done(std::size_t index, std::span<const std::byte> data) override {
+    auto state = state_.lock();
+    if (!state) return;
     PoolResults<R> results;
+    std::exception_ptr error;
     try {
       results = decode_pool_results<R>(data);
-      if (results.size() != sizes_[index]) throw std::invalid_argument("mp: a pool worker sent a malformed result");
     } catch (...) {
-      chunk_failed(index, std::current_exception());
-      return;
+      error = std::current_exception();
     }
     using Item = typename PoolIMapState<R>::Item;
-    std::lock_guard lock(state_->mutex);
-    for (std::size_t i = 0; i < results.size(); ++i) {
-      if (results.all_ok) {
-        put(starts_[index] + i, Item(std::in_place_index<0>, std::move(results.values[i])));
+    std::lock_guard lock(state->mutex);
+    auto span = state->spans.find(index);
+    if (span == state->spans.end()) return;
+    auto [first, size] = span->second;
+    state->spans.erase(span);
+    if (!error && results.size() != size) {
+      error = std::make_exception_ptr(std::invalid_argument("mp: a pool worker sent a malformed result"));
+    }
+    for (std::size_t i = 0; i < size; ++i) {
+      if (error) {
+        state->put(first + i, Item(error));
+      } else if (results.all_ok) {
+        state->put(first + i, Item(std::in_place_index<0>, std::move(results.values[i])));
       } else {
         auto& r = results.mixed[i];
-        put(starts_[index] + i, r.index() == 0 ? Item(std::in_place_index<0>, std::move(std::get<0>(r)))
-                                               : Item(make_task_exception(std::get<1>(r))));
+        state->put(first + i, r.index() == 0 ? Item(std::in_place_index<0>, std::move(std::get<0>(r)))
+                                             : Item(make_task_exception(std::get<1>(r))));
       }
     }
-    state_->changed.notify_all();
+    state->changed.notify_all();
   }
   void chunk_failed(std::size_t index, std::exception_ptr error) override {
-    std::lock_guard lock(state_->mutex);
-    for (std::size_t i = 0; i < sizes_[index]; ++i) put(starts_[index] + i, typename PoolIMapState<R>::Item(error));
-    state_->changed.notify_all();
+    auto state = state_.lock();
+    if (!state) return;
+    std::lock_guard lock(state->mutex);
+    auto span = state->spans.find(index);
+    if (span == state->spans.end()) return;
+    auto [first, size] = span->second;
+    state->spans.erase(span);
+    for (std::size_t i = 0; i < size; ++i) state->put(first + i, typename PoolIMapState<R>::Item(error));
+    state->changed.notify_all();
   }
 
  private:
-  void put(std::size_t position, typename PoolIMapState<R>::Item item) {
-    if (state_->ordered) {
-      state_->by_position.emplace(position, std::move(item));
-    } else {
-      state_->arrived.push_back(std::move(item));
-    }
-  }
-
-  std::shared_ptr<PoolIMapState<R>> state_;
-  std::vector<std::size_t> starts_, sizes_;
+  std::weak_ptr<PoolIMapState<R>> state_;
 };
 
 }  // namespace detail

@@ -4,11 +4,15 @@
 #pragma once
 
 #include <multiprocessing/base.hpp>
+#include <multiprocessing/detail/codec.hpp>
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
 
 namespace mp::detail {
 
@@ -27,9 +31,26 @@ Bytes& queue_put_buffer() noexcept;
 /// Releases the buffer's memory when a large item has grown it.
 void queue_trim_buffers() noexcept;
 
-/// Puts one encoded item. block = false or a passed timeout: false when there was no room.
-/// std::logic_error after close() in this process.
-bool queue_put(QueueCore& core, std::span<const std::byte> item, bool block, Timeout timeout);
+/// Puts one encoded item given as head then body (a container of plain elements is put as its
+/// encoded size then its elements, without being encoded into a buffer first). block = false or
+/// a passed timeout: false when there was no room. std::logic_error after close() in this process.
+bool queue_put(QueueCore& core, std::span<const std::byte> head, std::span<const std::byte> body, bool block,
+               Timeout timeout);
+inline bool queue_put(QueueCore& core, std::span<const std::byte> item, bool block, Timeout timeout) {
+  return queue_put(core, item, {}, block, timeout);
+}
+
+/// True for the types whose encoding is their element count (u64) then their elements' bytes:
+/// vectors of plain numbers or bytes and strings of characters (codec.hpp's fast paths).
+template <class T>
+struct queue_block_container : std::false_type {};
+template <class E, class A>
+struct queue_block_container<std::vector<E, A>> : std::bool_constant<codec::is_block_element_v<E>> {};
+template <class C, class Tr, class A>
+struct queue_block_container<std::basic_string<C, Tr, A>> : std::bool_constant<std::is_arithmetic_v<C>> {};
+/// True for the numbers whose encoding is their bytes (bool is checked by the codec: excluded).
+template <class T>
+struct queue_plain_number : std::bool_constant<codec::is_block_element_v<T>> {};
 /// Takes one item; view points at its bytes until the next get by this thread, or (for a large
 /// item) while keep holds its mapping. false when none came in time.
 bool queue_get(QueueCore& core, bool block, Timeout timeout, std::span<const std::byte>& view,

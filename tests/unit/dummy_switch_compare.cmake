@@ -1,0 +1,13 @@
+# Runs the two builds of dummy_switch_program.cpp and fails unless both succeed with the same output.
+execute_process(COMMAND ${A} OUTPUT_VARIABLE out_a RESULT_VARIABLE rc_a TIMEOUT 100)
+execute_process(COMMAND ${B} OUTPUT_VARIABLE out_b RESULT_VARIABLE rc_b TIMEOUT 100)
+if(NOT rc_a EQUAL 0 OR NOT rc_b EQUAL 0)
+  message(FATAL_ERROR "exit codes: mp ${rc_a}, mp::dummy ${rc_b}")
+endif()
+if(NOT out_a STREQUAL out_b)
+  message(FATAL_ERROR "the outputs differ\n--- NS=mp:\n${out_a}--- NS=mp::dummy:\n${out_b}")
+endif()
+if(out_a STREQUAL "")
+  message(FATAL_ERROR "no output")
+endif()
+message(STATUS "both builds printed:\n${out_a}")
