@@ -296,25 +296,7 @@ thread_local std::optional<std::pair<Address, Bytes>> last_reply_manager;
 namespace detail::managers {
 
 Value load_reply(std::span<const std::byte> raw) {
-  Value v;
-  try {
-    v = pd::load_manager_value(raw);
-  } catch (const std::invalid_argument& e) {
-    // An exception of a class outside the allow-list (queue.Empty, threading.BrokenBarrierError)
-    // in an '#ERROR' reply: it surfaces under its name, with no arguments (nothing is imported).
-    // The reply's first item must be the string '#ERROR' (SHORT_BINUNICODE or BINUNICODE).
-    static constexpr std::string_view kRefused = "refusing to load global '";
-    static constexpr std::string_view kShort("\x8c\x06#ERROR", 8), kLong("X\x06\x00\x00\x00#ERROR", 11);
-    const std::string what = e.what();
-    const auto at = what.find(kRefused);
-    const std::string_view head(reinterpret_cast<const char*>(raw.data()), std::min<std::size_t>(raw.size(), 24));
-    if (at == std::string::npos || (head.find(kShort) == std::string_view::npos && head.find(kLong) == std::string_view::npos))
-      throw;
-    const auto from = at + kRefused.size();
-    const auto to = what.find('\'', from);
-    const std::string name = what.substr(from, to == std::string::npos ? std::string::npos : to - from);
-    return Value::tuple({Value("#ERROR"), Value::tuple({Value(mp::bytes(pd::kObjectTag)), Value(name), Value::tuple(), Value()})});
-  }
+  Value v = pd::load_manager_value(raw);
   if (v.type_name() != "tuple" || v.size() != 2 || !v[std::size_t{0}].is<std::string>())
     throw std::invalid_argument("not a (kind, payload) tuple: " + v.repr().substr(0, 200));
   return v;

@@ -546,6 +546,9 @@ class Reader {
     if (module == "multiprocessing.managers")
       return name == "Token" || name == "Namespace" || name == "RebuildProxy" || name == "AutoProxy" || ends("Proxy");
     if (module == "array") return name == "array";
+    // The exceptions of the typeids whose names do not say so (Queue.get, Barrier.wait).
+    if (module == "queue" || module == "_queue") return name == "Empty" || name == "Full";
+    if (module == "threading") return name == "BrokenBarrierError";
     // Exceptions, from builtins or user modules (a '#ERROR' reply may carry __main__.MyError).
     if (module.empty() || module.size() > 200 || name.empty() || name.size() > 200) return false;
     return ends("Error") || ends("Exception") || ends("Warning") || ends("Exit") || ends("Interrupt") ||
