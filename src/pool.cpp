@@ -45,6 +45,7 @@
 #include <typeinfo>
 
 #include "fork_safety.hpp"
+#include "pool_task_header.hpp"
 #include "posix/fd.hpp"
 #include "posix/pool_signals.hpp"
 #include "mpi/mpi_backend.hpp"
@@ -219,9 +220,6 @@ namespace {
 
 // ---- the worker ----
 
-// The code references of a job's runner and task, encoded once per job.
-using TaskHeader = std::tuple<posix::CodeRef, bool, posix::CodeRef>;
-
 template <class T>
 T read_raw(std::span<const std::byte>& rest) {
   T v{};
@@ -301,9 +299,7 @@ void pool_worker_main(Connection conn, Connection pool_end, std::int64_t pool_pi
   conn.send_bytes(std::string_view("k"));
   const int parent_sentinel = pool_process.get();
 
-  Bytes last_header;
-  PoolRunner runner = nullptr;
-  ErasedFn fn = nullptr;
+  TaskHeaderCache task;
   ResultBatch results;
   std::int64_t done = 0;
   bool stop = false;
@@ -341,14 +337,7 @@ void pool_worker_main(Connection conn, Connection pool_end, std::int64_t pool_pi
       rest = rest.subspan(static_cast<std::size_t>(header_size));
       count = read_raw<std::uint32_t>(rest);
       g_timed = read_raw<std::uint8_t>(rest) != 0;
-      if (!runner || !std::equal(header.begin(), header.end(), last_header.begin(), last_header.end())) {
-        runner = nullptr;
-        auto [runner_ref, has_fn, fn_ref] = mp::loads<TaskHeader>(header);
-        auto found = reinterpret_cast<PoolRunner>(posix::resolve_code_ref(runner_ref));
-        fn = has_fn ? reinterpret_cast<ErasedFn>(posix::resolve_code_ref(fn_ref)) : nullptr;
-        runner = found;
-        last_header.assign(header.begin(), header.end());
-      }
+      task.resolve(header);
     } catch (...) {
       // The whole message is unusable: every chunk in it fails with the same error.
       auto error = describe_current_exception(typeid(PoolRunner));
@@ -364,15 +353,18 @@ void pool_worker_main(Connection conn, Connection pool_end, std::int64_t pool_pi
       continue;
     }
     for (std::uint32_t i = 0; i < count; ++i) {
+      auto t0 = now_ns();
+      // The start time first: a parent that sees the chunk started must not measure a time limit
+      // from the previous task's start (or from 0, in a new worker).
+      if (g_timed) store(slot.get_obj().task_started_ns, t0);
       store(slot.get_obj().chunks_started, load(slot.get_obj().chunks_started) + 1);
       auto at = results.begin_record();
-      auto t0 = now_ns();
       try {
         auto size = read_raw<std::uint64_t>(rest);
         if (size > rest.size()) throw std::invalid_argument("mp: malformed pool task message (chunk size)");
         auto items = rest.first(static_cast<std::size_t>(size));
         rest = rest.subspan(static_cast<std::size_t>(size));
-        runner(fn, items, results.out);
+        task.runner()(task.fn(), items, results.out);
         results.end_record(at, 'r', now_ns() - t0);
       } catch (...) {
         results.out.resize(at + 17);
@@ -655,11 +647,7 @@ struct Pool::Impl final : detail::PoolWaiter {
       auto it = headers.find(key);
       if (it != headers.end()) return it->second;
     }
-    detail::TaskHeader h;
-    std::get<0>(h) = detail::posix::code_ref_of(reinterpret_cast<std::uintptr_t>(job.runner));
-    std::get<1>(h) = job.fn != nullptr;
-    if (job.fn) std::get<2>(h) = detail::posix::code_ref_of(reinterpret_cast<std::uintptr_t>(job.fn));
-    auto bytes = std::make_shared<const Bytes>(mp::dumps(h));
+    auto bytes = std::make_shared<const Bytes>(detail::encode_task_header(job.runner, job.fn));
     std::lock_guard lock(mutex);
     return headers.emplace(key, std::move(bytes)).first->second;
   }
@@ -1122,6 +1110,9 @@ struct Pool::Impl final : detail::PoolWaiter {
       } else {
         next = at(*soft);
       }
+    } else if (soft) {
+      // Signalled already, or the chunk's next task has not counted itself yet: look again soon.
+      next = now + detail::kLimitRecheck;
     }
     if (hard) {
       if (now >= at(*hard)) {

@@ -37,6 +37,7 @@
 
 #include "mpi/mpi_backend.hpp"
 #include "mpi/wire.hpp"
+#include "pool_task_header.hpp"
 #include "process_impl.hpp"
 
 namespace mp::detail::mpi {
@@ -728,11 +729,7 @@ class MpiPool final : public PoolBackend {
     auto key = std::make_pair(reinterpret_cast<std::uintptr_t>(job.runner), reinterpret_cast<std::uintptr_t>(job.fn));
     auto it = headers_.find(key);
     if (it != headers_.end()) return it->second;
-    TaskHeader h;
-    std::get<0>(h) = posix::code_ref_of(key.first);
-    std::get<1>(h) = job.fn != nullptr;
-    if (job.fn) std::get<2>(h) = posix::code_ref_of(key.second);
-    return headers_.emplace(key, std::make_shared<const Bytes>(mp::dumps(h))).first->second;
+    return headers_.emplace(key, std::make_shared<const Bytes>(encode_task_header(job.runner, job.fn))).first->second;
   }
 
   std::shared_ptr<PoolState> state_;

@@ -16,6 +16,7 @@
 #include <typeinfo>
 
 #include "mpi/mpi_backend.hpp"
+#include "pool_task_header.hpp"
 #include "process_impl.hpp"
 
 namespace mp::detail::mpi {
@@ -205,9 +206,7 @@ Bytes error_answer(char tag, std::uint64_t pool, const std::uint64_t* seq, const
 
 void worker_loop(MPI_Comm comm, int parent) {
   auto& log = get_logger();
-  Bytes last_header;
-  PoolRunner runner = nullptr;
-  ErasedFn fn = nullptr;
+  TaskHeaderCache task;
   Bytes out;
   Backoff backoff;
   while (true) {
@@ -259,19 +258,12 @@ void worker_loop(MPI_Comm comm, int parent) {
       if (header_size > rest.size()) throw std::invalid_argument("mp: malformed pool task message (header size)");
       auto header = rest.first(static_cast<std::size_t>(header_size));
       rest = rest.subspan(static_cast<std::size_t>(header_size));
-      if (!runner || !std::equal(header.begin(), header.end(), last_header.begin(), last_header.end())) {
-        runner = nullptr;
-        auto [runner_ref, has_fn, fn_ref] = mp::loads<TaskHeader>(header);
-        auto found = reinterpret_cast<PoolRunner>(posix::resolve_code_ref(runner_ref));
-        fn = has_fn ? reinterpret_cast<ErasedFn>(posix::resolve_code_ref(fn_ref)) : nullptr;
-        runner = found;
-        last_header.assign(header.begin(), header.end());
-      }
+      task.resolve(header);
       out.clear();
       out.push_back(std::byte{'r'});
       put_u64(out, pool);
       put_u64(out, seq);
-      runner(fn, rest, out);
+      task.runner()(task.fn(), rest, out);
     } catch (...) {
       out = error_answer('e', pool, &seq, describe_current_exception(typeid(PoolRunner)));
     }

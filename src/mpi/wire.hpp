@@ -9,7 +9,7 @@
 //                     'r' u64 pool u64 seq <results, as pool_runner encodes them>
 //                     'e' u64 pool u64 seq <TaskError>   (the chunk could not run at all)
 //                     'q'                                (stopping)
-// The header is the TaskHeader of the job (code references of its runner and task), the items
+// The header is the TaskHeader of the job (src/pool_task_header.hpp: code references of its runner and task), the items
 // the chunk's encoded std::vector<Item>: the same bytes the local pool sends down a worker's pipe.
 //
 // MPI counts are int: a message up to max_piece() bytes is one MPI message (tag kTagWhole);
@@ -38,9 +38,6 @@ namespace mp::detail::mpi {
 inline constexpr int kTagWhole = 1;
 inline constexpr int kTagLarge = 2;
 inline constexpr int kTagPiece = 3;
-
-/// The code references of a job's runner and task (as src/pool.cpp's workers receive them).
-using TaskHeader = std::tuple<posix::CodeRef, bool, posix::CodeRef>;
 
 /// The largest MPI message: 1 GiB, or the environment variable MP_MPI_PIECE_BYTES (at least 1;
 /// the tests use it to send large messages in many pieces without needing gigabytes).
