@@ -370,6 +370,7 @@ void QueueCore::settle(Side& side, Published& pub) {
 }
 
 void QueueCore::copy_in(std::uint64_t pos, const void* src, std::size_t n) noexcept {
+  if (n == 0) return;  // src may be null then (an empty item), which memcpy does not allow
   const std::uint64_t at = pos % shared_->capacity;
   const std::size_t first = static_cast<std::size_t>(std::min<std::uint64_t>(n, shared_->capacity - at));
   std::memcpy(ring_ + at, src, first);
@@ -377,6 +378,7 @@ void QueueCore::copy_in(std::uint64_t pos, const void* src, std::size_t n) noexc
 }
 
 void QueueCore::copy_out(std::uint64_t pos, void* dst, std::size_t n) const noexcept {
+  if (n == 0) return;
   const std::uint64_t at = pos % shared_->capacity;
   const std::size_t first = static_cast<std::size_t>(std::min<std::uint64_t>(n, shared_->capacity - at));
   std::memcpy(dst, ring_ + at, first);

@@ -95,7 +95,12 @@ TEST_P(PoolOptionsTest, imap_over_an_endless_range_runs_in_constant_memory_and_j
   auto before = rss_bytes();
   for (int i = 20000; i < 300000; ++i) ASSERT_EQ(it.next(30s), i + 1);
   auto after = rss_bytes();
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer keeps freed memory in quarantine (256 MiB by default): RSS says nothing here.
+  (void)after;
+#else
   EXPECT_LT(after, before + (16u << 20)) << "RSS grew from " << before << " to " << after;
+#endif
   // The iterator is abandoned, still alive: close() and join() return all the same.
   auto start = std::chrono::steady_clock::now();
   pool.close();
