@@ -873,8 +873,8 @@ struct Pool::Impl final : detail::PoolWaiter {
       std::span<const std::byte> rest(msg);
       rest = rest.subspan(1);
       auto count = detail::read_raw<std::uint32_t>(rest);
-      records.reserve(records.size() + std::min<std::size_t>(count, w.in_flight.size()));
       std::lock_guard lock(mutex);
+      records.reserve(records.size() + std::min<std::size_t>(count, w.in_flight.size()));
       for (std::uint32_t i = 0; i < count; ++i) {
         char t = static_cast<char>(detail::read_raw<std::uint8_t>(rest));
         auto run_ns = static_cast<std::int64_t>(detail::read_raw<std::uint64_t>(rest));
@@ -1220,7 +1220,12 @@ struct Pool::Impl final : detail::PoolWaiter {
       waitables.emplace_back(wake_read);
       if (sigint_fd >= 0) waitables.emplace_back(sigint_fd);
       for (auto& w : workers) {
-        if (soft_time_limit || time_limit || !w->in_flight.empty()) {
+        bool busy;
+        {
+          std::lock_guard lock(mutex);  // submitting threads send to workers too
+          busy = !w->in_flight.empty();
+        }
+        if (soft_time_limit || time_limit || busy) {
           if (auto t = check_limits(*w)) wake_at = wake_at ? std::min(*wake_at, *t) : *t;
         }
         if (w->direct) {
