@@ -516,8 +516,8 @@ bool QueueCore::put(std::span<const std::byte> head, std::span<const std::byte> 
     segment = acquire_segment(size, oob);
     if (segment) {
       std::byte* to = segment->item();
-      std::memcpy(to, head.data(), head.size());
-      std::memcpy(to + head.size(), body.data(), body.size());
+      if (!head.empty()) std::memcpy(to, head.data(), head.size());  // an empty span's data may be null
+      if (!body.empty()) std::memcpy(to + head.size(), body.data(), body.size());
     } else {
       // Too large to recycle: write() rather than a mapping fills the new pages without a fault
       // per page.
