@@ -1343,16 +1343,8 @@ struct Pool::Impl final : detail::PoolWaiter {
       std::lock_guard lock(mutex);
       workers.clear();
     }
-    std::deque<Chunk> left;
-    {
-      std::lock_guard lock(mutex);
-      left.swap(queue);
-    }
-    for (auto& c : left) {
-      c.job->chunk_failed(c.chunk.index,
-                          by_sigint ? std::make_exception_ptr(KeyboardInterrupt("mp: the pool was interrupted (SIGINT)"))
-                                    : std::make_exception_ptr(ProcessError("mp: the pool was terminated before the task ran")));
-    }
+    fail_queued(by_sigint ? std::make_exception_ptr(KeyboardInterrupt("mp: the pool was interrupted (SIGINT)"))
+                          : std::make_exception_ptr(ProcessError("mp: the pool was terminated before the task ran")));
   }
 };
 

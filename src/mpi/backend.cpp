@@ -364,26 +364,31 @@ class Engine {
     return ch.load[w] < kMaxInFlight && ch.big[w] == 0 && size <= kPrefetchLimit;
   }
 
+  // Under mutex: a terminated pool's queued chunks and the chunks its ranks are running fail.
+  void fail_terminated_locked(const std::shared_ptr<PoolState>& pool,
+                              std::vector<std::pair<Chunk, std::exception_ptr>>& failures) {
+    for (auto& c : pool->queue)
+      failures.emplace_back(std::move(c),
+                            std::make_exception_ptr(ProcessError("mp: the pool was terminated before the task ran")));
+    pool->queue.clear();
+    for (auto& [key, f] : flights_) {
+      if (f.pool != pool || f.failed) continue;
+      f.failed = true;
+      failures.emplace_back(std::move(f.chunk), std::make_exception_ptr(WorkerLostError(
+                                                     "mp: the pool was terminated while MPI rank " +
+                                                     std::to_string(pool->channel->rank_of(f.worker)) +
+                                                     " was running a task")));
+      f.chunk = Chunk{};
+    }
+    pool->in_flight = 0;
+  }
+
   // Under mutex: sends queued chunks to ranks that can take them; retires finished pools.
   void assign_locked(std::vector<std::pair<Chunk, std::exception_ptr>>& failures) {
     for (auto it = pools_.begin(); it != pools_.end();) {
       auto pool = it->second;
       auto& ch = *pool->channel;
-      if (pool->state == State::terminated) {
-        for (auto& c : pool->queue)
-          failures.emplace_back(std::move(c),
-                                std::make_exception_ptr(ProcessError("mp: the pool was terminated before the task ran")));
-        pool->queue.clear();
-        for (auto& [key, f] : flights_) {
-          if (f.pool != pool || f.failed) continue;
-          f.failed = true;
-          failures.emplace_back(std::move(f.chunk), std::make_exception_ptr(WorkerLostError(
-                                                         "mp: the pool was terminated while MPI rank " +
-                                                         std::to_string(ch.rank_of(f.worker)) + " was running a task")));
-          f.chunk = Chunk{};
-        }
-        pool->in_flight = 0;
-      }
+      if (pool->state == State::terminated) fail_terminated_locked(pool, failures);
       assign_pool_locked(*pool, pool);
       bool done = pool->state == State::terminated ||
                   (pool->state == State::closed && pool->queue.empty() && pool->in_flight == 0);
@@ -574,17 +579,7 @@ class Engine {
           continue;
         }
         auto pool = it->second;
-        for (auto& c : pool->queue)
-          failures.emplace_back(std::move(c),
-                                std::make_exception_ptr(ProcessError("mp: the pool was terminated before the task ran")));
-        pool->queue.clear();
-        for (auto& [key, f] : flights_) {
-          if (f.pool != pool || f.failed) continue;
-          f.failed = true;
-          failures.emplace_back(std::move(f.chunk),
-                                std::make_exception_ptr(WorkerLostError("mp: the pool was terminated while an MPI rank "
-                                                                        "was running a task")));
-        }
+        fail_terminated_locked(pool, failures);
         pool->finished = true;
         pool->changed.notify_all();
         it = pools_.erase(it);
