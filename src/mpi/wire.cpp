@@ -17,6 +17,7 @@
 
 #include "mpi/mpi_backend.hpp"
 #include "pool_task_header.hpp"
+#include "posix/process.hpp"
 #include "process_impl.hpp"
 
 namespace mp::detail::mpi {
@@ -170,7 +171,7 @@ void ensure_initialized(int* argc, char*** argv) {
   if (!already) {
     // A singleton spawns its workers on this one host unless told otherwise: let them
     // oversubscribe the cores as a local Pool does (a launcher's own setting wins).
-    if (!launched_by_mpi_launcher()) setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 0);
+    if (!launched_by_mpi_launcher()) posix::set_env_default("OMPI_MCA_rmaps_base_oversubscribe", "1");
     int provided = 0;
     check(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided), "Init_thread");
     if (provided < MPI_THREAD_SERIALIZED)

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -138,6 +139,8 @@ void at_fork(void (*prepare)(), void (*parent)(), void (*child)()) {
   int rc = ::pthread_atfork(prepare, parent, child);
   if (rc != 0) throw std::system_error(rc, std::system_category(), "pthread_atfork");
 }
+
+void set_env_default(const char* name, const char* value) { check_unix(::setenv(name, value, 0), "setenv"); }
 
 int current_pid() noexcept { return static_cast<int>(::getpid()); }
 int parent_pid() noexcept { return static_cast<int>(::getppid()); }

@@ -51,6 +51,9 @@ void send_signal(int pid, int sig);
 /// pthread_atfork: prepare runs before fork() in the forking thread, parent/child after it.
 void at_fork(void (*prepare)(), void (*parent)(), void (*child)());
 
+/// setenv(name, value) unless name is set already (the environment's own setting wins).
+void set_env_default(const char* name, const char* value);
+
 int current_pid() noexcept;
 int parent_pid() noexcept;
 
