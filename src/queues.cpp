@@ -44,6 +44,13 @@
 // evict. The pool is capped in bytes (pool_bytes, conservative: a kill between a count and its
 // send leaves it high, which only recycles less), and segments over kRecycleMax are never kept.
 // A memfd has no name: nothing is ever left in /dev/shm.
+//
+// Large items are paced (pace()): a blocking put waits, briefly, while another 4 MiB or so is in
+// flight, so that only two or three segments go round and the consumer reads each while it is
+// still in the shared cache (the whole 32 MiB cap in flight kept 8 or more going round: 0.2 of
+// memcpy instead of 0.8). Waits around large items spin for about one item's copy before they
+// sleep (large_item_spin_ns): on a virtual machine a futex wake cost the waker about as much as
+// the 4 MiB copy.
 #include <multiprocessing/detail/queue_core.hpp>
 #include <multiprocessing/logging.hpp>
 #include <multiprocessing/reduction.hpp>
@@ -82,6 +89,14 @@ constexpr std::size_t kSegmentHeader = 64;                          // a recycle
 constexpr std::uint64_t kPoolBytesMax = std::uint64_t{32} << 20;    // returned segments kept at most
 constexpr std::size_t kCacheEntries = 16;                            // per process and queue
 constexpr std::size_t kCacheBytes = std::size_t{96} << 20;
+// Pacing (pace()): a blocking put of a recyclable large item waits, up to kPaceGrace, while the
+// items in flight would pass kPaceBytes with it, so that consumers read what was just written
+// while it is still in the shared cache.
+constexpr std::uint64_t kPaceBytes = std::uint64_t{8} << 20;
+constexpr std::chrono::microseconds kPaceGrace{1000};
+// How long a wait around a large item spins before it sleeps: about one copy of the item (taken
+// at 8 bytes a nanosecond), within [kSpinMaxNs, kLargeSpinMaxNs].
+constexpr std::int64_t kLargeSpinMaxNs = 500'000;
 constexpr std::uint64_t kSegmentTag = 0x746e656d676553ull;           // "Segment": a pool message
 constexpr std::uint32_t kInline = 1;
 constexpr std::uint32_t kOutOfLine = 2;
@@ -93,6 +108,9 @@ constexpr std::int64_t kSpinMaxNs = 40'000;
 constexpr std::int64_t kSpinMinNs = 1'000;
 constexpr std::int64_t kSpinStartNs = 10'000;
 constexpr int kSpinsPerLook = 8;
+constexpr std::chrono::microseconds kSettleLook{3};    // qsize(): how long a side may seem stuck
+constexpr std::chrono::microseconds kEaseOffMax{50};   // see ease_off()
+constexpr int kEaseOffPauses = 64;                     // between two looks at the consumers' head
 
 // One side of the ring: the producers' or the consumers'. Each side has its own lock, so that a
 // producer and a consumer never wait for each other, and keeps its lock and private fields on
@@ -130,6 +148,10 @@ struct alignas(64) QueueBlock {
   std::atomic<std::uint32_t> done_seq;                // futex: bumped when unfinished reaches 0
   std::atomic<std::uint32_t> join_waiters;
   alignas(64) std::atomic<std::uint64_t> pool_bytes;  // capacity of the segments in the pool
+  // The CPU (+ 1; 0: unknown) a producer committed its last large item on, and a consumer took
+  // its last one on: a wait around large items spins only if the other side runs elsewhere.
+  std::atomic<std::uint32_t> put_cpu;
+  std::atomic<std::uint32_t> get_cpu;
 };
 
 struct OutOfLineMarker {
@@ -158,6 +180,16 @@ std::uint64_t new_token() noexcept {
   return z ^ (z >> 31);
 }
 
+constexpr std::int64_t large_item_spin_ns(std::size_t size) {
+  return std::clamp(static_cast<std::int64_t>(size / 8), kSpinMaxNs, kLargeSpinMaxNs);
+}
+
+// Whether the other side's last large item was handled on the CPU this thread runs on now.
+bool beside(const std::atomic<std::uint32_t>& other_cpu) noexcept {
+  const std::uint32_t other = other_cpu.load(std::memory_order_relaxed);
+  return other != 0 && other == static_cast<std::uint32_t>(posix::current_cpu() + 1);
+}
+
 constexpr std::size_t round_up(std::size_t n, std::size_t grain) { return (n + grain - 1) / grain * grain; }
 
 void saturating_sub(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
@@ -181,6 +213,12 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
         ring_(static_cast<std::byte*>(block_->data()) + sizeof(QueueBlock)),
         send_end_(std::move(send_end)),
         recv_end_(std::move(recv_end)) {}
+  ~QueueCore() {
+    Cache* cache = cache_.load(std::memory_order_acquire);
+    if (cache != nullptr && cache->pid == posix::own_pid()) delete cache;  // else a parent's: left
+  }
+  QueueCore(const QueueCore&) = delete;
+  QueueCore& operator=(const QueueCore&) = delete;
 
   // The item is head then body (two parts, so that a container's elements are copied once).
   bool put(std::span<const std::byte> head, std::span<const std::byte> body, bool block, Timeout timeout);
@@ -202,6 +240,8 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   std::atomic<bool> closed{false};
   std::atomic<std::int64_t> put_spin_ns{kSpinStartNs};  // wait_loop's adaptive spin budgets, this process's
   std::atomic<std::int64_t> get_spin_ns{kSpinStartNs};
+  std::atomic<std::int64_t> get_spin_max_ns{kSpinMaxNs};  // longer after a large item (see get)
+  std::atomic<std::int64_t> pace_spin_ns{kLargeSpinMaxNs};  // pace()'s spin, this process's
 
   /// Hands a segment whose item was decoded back to the pool (or lets it go when the pool is full).
   void give_back(posix::UniqueFd fd, std::size_t capacity) noexcept;
@@ -232,13 +272,28 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
                   const posix::Deadline& deadline);
   Attempt try_get(std::span<const std::byte>& view, std::shared_ptr<void>& keep, const posix::Deadline& deadline);
   bool receive_out_of_line(const OutOfLineMarker& marker, std::span<const std::byte>& view, std::shared_ptr<void>& keep);
+  // A blocking put into a ring nearly full lets the consumers drain some first (a little).
+  void ease_off(std::uint64_t need, const posix::Deadline& deadline) noexcept;
+  // Waits (a little) until the out-of-line items in flight leave room for one of size bytes.
+  void pace(std::size_t size, const posix::Deadline& deadline);
   // A segment of at least size bytes for put(), its fd in fd: from the pool, else a new one.
   // nullptr (fd set, not mapped) for an item too large to recycle.
   std::shared_ptr<Segment> acquire_segment(std::size_t size, posix::UniqueFd& fd);
   // This process's mapping of the recycled segment behind fd (cached by inode and token);
   // nullptr when fd is not one.
   std::shared_ptr<Segment> map_segment(int fd, const posix::FileInfo& info);
-  std::shared_ptr<Segment> cache_insert(std::shared_ptr<Segment> segment);
+  // This process's mappings of segments. A fork child starts with a fresh cache: the parent's
+  // mutex may have been held, at the fork, by a thread that does not exist in the child, and its
+  // list may have been mid-change (the parent's copy is left as it is: its mappings stay).
+  struct Cache {
+    std::uint32_t pid;
+    std::mutex mutex;
+    std::vector<std::shared_ptr<Segment>> segments;  // least recently used first
+    std::size_t bytes = 0;
+    explicit Cache(std::uint32_t p) : pid(p) {}
+  };
+  Cache& cache();
+  static std::shared_ptr<Segment> cache_insert(Cache& cache, std::shared_ptr<Segment> segment);
   // Called after publish() and the unlock (whose exchange orders the published position before
   // the load of the armed word): a Dekker pair with wait_loop's store of 1 and its next attempt.
   static void wake_armed(std::atomic<std::uint32_t>& armed) noexcept {
@@ -258,9 +313,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   std::byte* ring_;
   posix::UniqueFd send_end_;
   posix::UniqueFd recv_end_;
-  std::mutex cache_mutex_;
-  std::vector<std::shared_ptr<Segment>> cache_;  // least recently used first
-  std::size_t cache_bytes_ = 0;
+  std::atomic<Cache*> cache_{nullptr};  // owned, but for a parent's copy found in a fork child
 };
 
 namespace {
@@ -297,7 +350,7 @@ struct Lease {
 // 1.9 us instead of 0.5 us per round trip on a quiet machine, no better on a loaded one).
 template <class Attempt, class Ready>
 bool wait_loop(Attempt attempt, Ready ready, std::atomic<std::uint32_t>& armed, std::atomic<std::int64_t>& spin_ns,
-               bool block, const posix::Deadline& deadline) {
+               bool block, const posix::Deadline& deadline, std::int64_t spin_max_ns = kSpinMaxNs) {
   using R = decltype(attempt());
   using Clock = std::chrono::steady_clock;
   R r = attempt();
@@ -317,7 +370,7 @@ bool wait_loop(Attempt attempt, Ready ready, std::atomic<std::uint32_t>& armed, 
     if (ready()) {
       r = attempt();
       if (r == R::done) {
-        if (2 * waited > budget) spin_ns.store(std::min(kSpinMaxNs, 2 * waited), std::memory_order_relaxed);
+        if (2 * waited > budget) spin_ns.store(std::min(spin_max_ns, 2 * waited), std::memory_order_relaxed);
         return true;
       }
       if (r == R::timed_out) return false;
@@ -363,7 +416,18 @@ void QueueCore::finish_dead_commit(const Side& side, Published& pub) noexcept {
 }
 
 void QueueCore::settle(Side& side, Published& pub) {
-  if (robust_holder(side.mutex) == 0) return;
+  const std::uint32_t holder = robust_holder(side.mutex);
+  if (holder == 0) return;
+  // Reading /proc for the holder's liveness costs tens of microseconds, and a side's lock is
+  // often held at the instant of a look while items flow (qsize() or empty() polled while
+  // producers run): a live side shows itself first by changing its lock word or its position
+  // within a short look; only a holder that seems stuck is looked up.
+  const std::uint64_t pos = pub.pos.load(std::memory_order_relaxed);
+  const auto until = std::chrono::steady_clock::now() + kSettleLook;
+  do {
+    for (int i = 0; i < kSpinsPerLook; ++i) posix::spin_pause();
+    if (robust_holder(side.mutex) != holder || pub.pos.load(std::memory_order_relaxed) != pos) return;
+  } while (std::chrono::steady_clock::now() < until);
   if (!robust_take_over_if_dead(side.mutex, MutexOwner::this_process(), "Queue")) return;
   finish_dead_commit(side, pub);
   unlock(side);
@@ -396,7 +460,9 @@ QueueCore::Attempt QueueCore::try_put(std::span<const std::byte> head, std::span
   const std::uint64_t payload = oob_fd ? sizeof(OutOfLineMarker) : size;
   const std::uint64_t need = record_size(payload);
   // The consumers' head is read only when the bound kept from the last reading says "no room".
-  if (q.capacity - (tail - side.other_pos) < need) side.other_pos = q.get_pub.pos.load(std::memory_order_seq_cst);
+  if (q.capacity - (tail - side.other_pos) < need) {  // stored atomically: ease_off() reads it without the lock
+    std::atomic_ref(side.other_pos).store(q.get_pub.pos.load(std::memory_order_seq_cst), std::memory_order_relaxed);
+  }
   bool room = q.capacity - (tail - side.other_pos) >= need;
   if (room && q.maxsize != 0) room = items - q.get_pub.items.load(std::memory_order_acquire) < q.maxsize;
   if (room && oob_fd) {
@@ -412,7 +478,8 @@ QueueCore::Attempt QueueCore::try_put(std::span<const std::byte> head, std::span
   }
   std::uint32_t header[2] = {static_cast<std::uint32_t>(payload), oob_fd ? kOutOfLine : kInline};
   if (oob_fd) {
-    side.oob_bytes += size;
+    // Stored atomically: pace() reads it without the lock.
+    std::atomic_ref(side.oob_bytes).store(side.oob_bytes + size, std::memory_order_relaxed);
     OutOfLineMarker marker{side.oob_id++, size, side.oob_bytes};
     try {
       const int fds[1] = {oob_fd->get()};
@@ -422,6 +489,7 @@ QueueCore::Attempt QueueCore::try_put(std::span<const std::byte> head, std::span
       throw;
     }
     copy_in(tail + kRecordHeader, &marker, sizeof marker);
+    q.put_cpu.store(static_cast<std::uint32_t>(posix::current_cpu() + 1), std::memory_order_relaxed);
   } else {
     copy_in(tail + kRecordHeader, head.data(), head.size());
     copy_in(tail + kRecordHeader + head.size(), body.data(), body.size());
@@ -433,13 +501,24 @@ QueueCore::Attempt QueueCore::try_put(std::span<const std::byte> head, std::span
   return Attempt::done;
 }
 
-std::shared_ptr<Segment> QueueCore::cache_insert(std::shared_ptr<Segment> segment) {
-  cache_.push_back(segment);
-  cache_bytes_ += segment->map.size();
+QueueCore::Cache& QueueCore::cache() {
+  Cache* current = cache_.load(std::memory_order_acquire);
+  const std::uint32_t pid = posix::own_pid();
+  if (current != nullptr && current->pid == pid) return *current;
+  auto fresh = std::make_unique<Cache>(pid);
+  // Two threads of a new child may race here: one cache wins, the other thread uses it.
+  if (cache_.compare_exchange_strong(current, fresh.get(), std::memory_order_acq_rel)) return *fresh.release();
+  return *current;
+}
+
+std::shared_ptr<Segment> QueueCore::cache_insert(Cache& cache, std::shared_ptr<Segment> segment) {
+  auto& list = cache.segments;
+  list.push_back(segment);
+  cache.bytes += segment->map.size();
   // The least recently used go first; a mapping still leased lives on until its lease ends.
-  while (cache_.size() > 1 && (cache_.size() > kCacheEntries || cache_bytes_ > kCacheBytes)) {
-    cache_bytes_ -= cache_.front()->map.size();
-    cache_.erase(cache_.begin());
+  while (list.size() > 1 && (list.size() > kCacheEntries || cache.bytes > kCacheBytes)) {
+    cache.bytes -= list.front()->map.size();
+    list.erase(list.begin());
   }
   return segment;
 }
@@ -447,18 +526,20 @@ std::shared_ptr<Segment> QueueCore::cache_insert(std::shared_ptr<Segment> segmen
 std::shared_ptr<Segment> QueueCore::map_segment(int fd, const posix::FileInfo& info) {
   std::uint64_t token = 0;
   if (info.size < kSegmentHeader || !posix::read_at(fd, &token, sizeof token, 0)) return nullptr;
-  std::lock_guard guard(cache_mutex_);
-  for (auto it = cache_.begin(); it != cache_.end(); ++it) {
+  Cache& cache = this->cache();
+  std::lock_guard guard(cache.mutex);
+  auto& list = cache.segments;
+  for (auto it = list.begin(); it != list.end(); ++it) {
     if ((*it)->inode != info.id || (*it)->token != token) continue;
     auto found = *it;
-    cache_.erase(it);
-    cache_bytes_ -= found->map.size();
-    if (found->map.size() == info.size) return cache_insert(std::move(found));
+    list.erase(it);
+    cache.bytes -= found->map.size();
+    if (found->map.size() == info.size) return cache_insert(cache, std::move(found));
     break;  // resized by someone: mapped again below
   }
   auto segment = std::make_shared<Segment>(Segment{info.id, token, posix::Mapping(fd, info.size)});
   posix::populate(segment->map.data(), segment->map.size());
-  return cache_insert(std::move(segment));
+  return cache_insert(cache, std::move(segment));
 }
 
 std::shared_ptr<Segment> QueueCore::acquire_segment(std::size_t size, posix::UniqueFd& fd) {
@@ -488,8 +569,9 @@ std::shared_ptr<Segment> QueueCore::acquire_segment(std::size_t size, posix::Uni
       Segment{posix::file_info(fd.get()).id, new_token(), posix::Mapping(fd.get(), capacity)});
   posix::populate(segment->map.data(), capacity);
   std::memcpy(segment->map.data(), &segment->token, sizeof segment->token);
-  std::lock_guard guard(cache_mutex_);
-  return cache_insert(std::move(segment));
+  Cache& cache = this->cache();
+  std::lock_guard guard(cache.mutex);
+  return cache_insert(cache, std::move(segment));
 }
 
 void QueueCore::give_back(posix::UniqueFd fd, std::size_t capacity) noexcept {
@@ -505,6 +587,68 @@ void QueueCore::give_back(posix::UniqueFd fd, std::size_t capacity) noexcept {
   }
 }
 
+// Why a producer eases off: when consumers are slower, the ring stays nearly full, and a producer
+// that takes each record's worth of room as it is freed reads the consumers' head on every put.
+// That pulls the line the consumers write on every get, whose next locked instruction (the
+// unlock) then waits for the line to come back: the consumer, already the slower side, paid a
+// cross-CPU transfer per item (the lock's compare-exchange held 85% of its samples). Instead
+// the producer waits, looking at the head about once a microsecond, until a quarter of the ring
+// is free (or kEaseOffMax passes: then it goes on with the room there is); its bound then holds
+// for thousands of puts. Nothing is armed: consumers make no system call for it.
+void QueueCore::ease_off(std::uint64_t need, const posix::Deadline& deadline) noexcept {
+  QueueBlock& q = *shared_;
+  const std::uint64_t tail = q.put_pub.pos.load(std::memory_order_relaxed);
+  const auto free_after = [&](std::uint64_t head) { return q.capacity - std::min(q.capacity, tail - std::min(tail, head)); };
+  if (free_after(std::atomic_ref(q.put_side.other_pos).load(std::memory_order_relaxed)) >= need) return;
+  const std::uint64_t first_head = q.get_pub.pos.load(std::memory_order_relaxed);
+  if (free_after(first_head) >= q.capacity / 4) return;
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = Clock::now();
+  for (;;) {
+    for (int i = 0; i < kEaseOffPauses; ++i) posix::spin_pause();
+    const Clock::time_point now = Clock::now();
+    const std::uint64_t head = q.get_pub.pos.load(std::memory_order_relaxed);
+    if (free_after(head) >= q.capacity / 4) return;
+    // No consumer moved during the first look: none is running (one shares this CPU, or waits
+    // for one), and spinning would only keep it from running.
+    if (head == first_head) return;
+    if (now - start >= kEaseOffMax || (deadline && now >= *deadline)) return;
+  }
+}
+
+// Why large items are paced: a producer that runs ahead by the whole cap (32 MiB of 4 MiB items)
+// keeps 8 or more segments going round, more than the shared cache holds with the items it copies
+// from and to, so each segment has left the cache before the consumer reads it: measured on a
+// 32 MiB L3, two processes copying 4 MiB through 2 or 3 segments reached 0.7-0.9 of one memcpy's
+// bandwidth, through 8 segments 0.4, through 12 0.3. Only a blocking put waits, and for
+// kPaceGrace at most: a slow or dead consumer lets the producer go on as before (up to the cap).
+void QueueCore::pace(std::size_t size, const posix::Deadline& deadline) {
+  QueueBlock& q = *shared_;
+  const auto near = [&] {
+    const std::uint64_t in_flight = std::atomic_ref(q.put_side.oob_bytes).load(std::memory_order_relaxed) -
+                                    std::atomic_ref(q.get_side.oob_bytes).load(std::memory_order_relaxed);
+    // An empty ring has nothing in flight whatever the counts say (a producer that died between
+    // counting and committing leaves them apart for good).
+    return in_flight == 0 || in_flight + size <= kPaceBytes ||
+           q.get_pub.pos.load(std::memory_order_relaxed) == q.put_pub.pos.load(std::memory_order_relaxed);
+  };
+  if (near()) return;
+  posix::Deadline until = std::chrono::steady_clock::now() + kPaceGrace;
+  if (deadline && *deadline < *until) until = deadline;
+  enum class Paced { done, no_room, timed_out };
+  // The wait lasts about one consumer's copy of an item: spun rather than slept through, so that
+  // the consumer that makes room need not wake this producer (see try_get). A wait that outlasted
+  // such a spin (a consumer busy with its items) halves the next spin; one that fit restores it.
+  // On the consumer's CPU nothing is spun: that would only keep it from running.
+  const std::int64_t full = large_item_spin_ns(size);
+  const std::int64_t spin = beside(q.get_cpu) ? kSpinMinNs : std::min(full, pace_spin_ns.load(std::memory_order_relaxed));
+  std::atomic<std::int64_t> budget{spin};
+  const auto start = std::chrono::steady_clock::now();
+  (void)wait_loop([&] { return near() ? Paced::done : Paced::no_room; }, near, q.put_armed, budget, true, until, spin);
+  const auto waited = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start);
+  pace_spin_ns.store(waited.count() < full ? full : std::max(kSpinMinNs, spin / 2), std::memory_order_relaxed);
+}
+
 bool QueueCore::put(std::span<const std::byte> head, std::span<const std::byte> body, bool block, Timeout timeout) {
   if (closed.load(std::memory_order_relaxed)) throw std::logic_error("mp: put() on a Queue closed in this process");
   const posix::Deadline deadline = timeout ? posix::deadline_after(timeout) : posix::Deadline();
@@ -513,6 +657,7 @@ bool QueueCore::put(std::span<const std::byte> head, std::span<const std::byte> 
   const std::size_t size = head.size() + body.size();
   if (size > kInlineMax) {
     // Copied out of line before any lock is taken: only the fd's hand-off happens under it.
+    if (block && size <= kRecycleMax) pace(size, deadline);
     segment = acquire_segment(size, oob);
     if (segment) {
       std::byte* to = segment->item();
@@ -527,6 +672,7 @@ bool QueueCore::put(std::span<const std::byte> head, std::span<const std::byte> 
   }
   posix::UniqueFd* oob_ptr = oob ? &oob : nullptr;
   QueueBlock& q = *shared_;
+  if (block) ease_off(record_size(oob_ptr ? sizeof(OutOfLineMarker) : size), deadline);
   const bool done = wait_loop([&] { return try_put(head, body, oob_ptr, deadline); },
                               [&] {
                                 return q.put_pub.pos.load(std::memory_order_relaxed) -
@@ -571,15 +717,22 @@ QueueCore::Attempt QueueCore::try_get(std::span<const std::byte>& view, std::sha
                                       const posix::Deadline& deadline) {
   QueueBlock& q = *shared_;
   Side& side = q.get_side;
-  // Nothing to take, seen without the lock (the common case of a consumer that keeps up).
-  if (q.put_pub.pos.load(std::memory_order_acquire) == q.get_pub.pos.load(std::memory_order_relaxed)) {
+  // Nothing to take, seen without the lock (the common case of a consumer that keeps up). The
+  // producers' position is read only when the consumers' bound says "empty": it changes with
+  // every put, and reading it on every get pulled its line over once per item, which also
+  // stalled the producer's next publish.
+  const std::uint64_t seen_head = q.get_pub.pos.load(std::memory_order_relaxed);
+  if (std::atomic_ref(side.other_pos).load(std::memory_order_relaxed) == seen_head &&
+      q.put_pub.pos.load(std::memory_order_acquire) == seen_head) {
     return Attempt::no_room;
   }
   if (!lock(side, q.get_pub, deadline)) return Attempt::timed_out;
   for (;;) {
     const std::uint64_t head = q.get_pub.pos.load(std::memory_order_relaxed);
     const std::uint64_t taken = q.get_pub.items.load(std::memory_order_relaxed);
-    if (head == side.other_pos) side.other_pos = q.put_pub.pos.load(std::memory_order_seq_cst);
+    if (head == side.other_pos) {  // stored atomically: read without the lock above
+      std::atomic_ref(side.other_pos).store(q.put_pub.pos.load(std::memory_order_seq_cst), std::memory_order_relaxed);
+    }
     const std::uint64_t tail = side.other_pos;
     if (head == tail) {
       unlock(side);
@@ -632,11 +785,28 @@ QueueCore::Attempt QueueCore::try_get(std::span<const std::byte>& view, std::sha
 bool QueueCore::get(bool block, Timeout timeout, std::span<const std::byte>& view, std::shared_ptr<void>& keep) {
   const posix::Deadline deadline = timeout ? posix::deadline_after(timeout) : posix::Deadline();
   QueueBlock& q = *shared_;
-  return wait_loop([&] { return try_get(view, keep, deadline); },
-                   [&] {
-                     return q.put_pub.pos.load(std::memory_order_relaxed) != q.get_pub.pos.load(std::memory_order_relaxed);
-                   },
-                   q.get_armed, get_spin_ns, block, deadline);
+  const bool got = wait_loop([&] { return try_get(view, keep, deadline); },
+                             [&] {
+                               return q.put_pub.pos.load(std::memory_order_relaxed) !=
+                                      q.get_pub.pos.load(std::memory_order_relaxed);
+                             },
+                             q.get_armed, get_spin_ns, block, deadline, get_spin_max_ns.load(std::memory_order_relaxed));
+  if (got && keep) {
+    // After a large item the next one is likely on its way, its copy taking about as long as
+    // this one's: the next get may spin that long before it sleeps. A sleeping consumer costs
+    // the producer a futex wake per item, which on a virtual machine took 85 us (longer than the
+    // 4 MiB copy itself: the woken task preempted the waker).
+    // Unless the producer runs on this CPU: then spinning only keeps it from running.
+    q.get_cpu.store(static_cast<std::uint32_t>(posix::current_cpu() + 1), std::memory_order_relaxed);
+    const bool apart = !beside(q.put_cpu);
+    const std::int64_t spin = apart ? large_item_spin_ns(view.size()) : kSpinMaxNs;
+    get_spin_max_ns.store(spin, std::memory_order_relaxed);
+    const std::int64_t budget = get_spin_ns.load(std::memory_order_relaxed);
+    if (apart ? budget < spin : budget > spin) get_spin_ns.store(spin, std::memory_order_relaxed);
+  } else if (got && get_spin_max_ns.load(std::memory_order_relaxed) != kSpinMaxNs) {
+    get_spin_max_ns.store(kSpinMaxNs, std::memory_order_relaxed);
+  }
+  return got;
 }
 
 void QueueCore::task_done() {

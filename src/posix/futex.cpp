@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -159,5 +160,7 @@ bool task_is_dead(std::uint32_t id, std::uint64_t start_time, bool whole_process
   }
   return false;
 }
+
+int current_cpu() noexcept { return ::sched_getcpu(); }
 
 }  // namespace mp::detail::posix

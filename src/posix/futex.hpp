@@ -62,6 +62,11 @@ inline std::uint64_t own_thread_start_time() noexcept {
 /// other threads run is alive. When nothing can be learnt (no /proc), the task counts as alive.
 bool task_is_dead(std::uint32_t id, std::uint64_t start_time, bool whole_process) noexcept;
 
+/// The CPU the calling thread runs on now (sched_getcpu: read from the rseq area or the vDSO, no
+/// system call), or -1 when unknown. A waiter spins only while the side it waits for can run at
+/// the same time: on the same CPU, spinning only delays it.
+int current_cpu() noexcept;
+
 /// One CPU-friendly pause in a spin loop.
 inline void spin_pause() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
