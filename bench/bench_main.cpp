@@ -575,6 +575,35 @@ double ours_pool_imap(long n) {
   return t;
 }
 
+// The same imap with every option of issue 11 on but idle: time limits of an hour, a worker state,
+// an exit hook, interrupt_on_sigint, and the progress line with insights (on /dev/null). Its "raw"
+// column is the plain imap of the same run, so "of raw" is what the options cost when they are on.
+mp::Bytes pool_exit_hook() { return mp::dumps(0); }
+double ours_pool_imap_all_options(long n) {
+  mp::PoolOptions o;
+  o.processes = 2;
+  o.soft_time_limit = std::chrono::hours(1);
+  o.time_limit = std::chrono::hours(1);
+  o.set_worker_state(std::vector<int>(1000, 1));
+  o.worker_exit = pool_exit_hook;
+  o.interrupt_on_sigint = true;
+  FILE* devnull = std::fopen("/dev/null", "w");
+  o.progress_fd = fileno(devnull);
+  o.progress_insights = true;
+  double t = 0;
+  {
+    mp::Pool pool(o);
+    std::vector<int> xs(static_cast<std::size_t>(n), 1);
+    auto t0 = Clock::now();
+    long sum = 0;
+    for (int v : pool.imap(pool_tiny, xs, 1)) sum += v;
+    t = seconds_since(t0);
+    if (sum != 2 * n) std::fprintf(stderr, "pool_imap_all_options: wrong sum\n");
+  }
+  std::fclose(devnull);
+  return t;
+}
+
 double ours_pool_apply_async(long n) {
   mp::Pool pool(2);
   (void)pool.apply(pool_tiny, 0);
@@ -680,6 +709,17 @@ double ours_manager_dict_set_get(long n) {
   return seconds_since(t0);
 }
 
+// A manager started (its server in a forked child, which reports its address) and shut down
+// (the 'shutdown' request, then the child reaped), n times.
+double ours_manager_start_shutdown(long n) {
+  auto t0 = Clock::now();
+  for (long i = 0; i < n; ++i) {
+    mp::SyncManager m = mp::Manager();
+    m.shutdown();
+  }
+  return seconds_since(t0);
+}
+
 }  // namespace
 namespace bench_listener {
 void run(const std::string& only, bool quick);
@@ -757,6 +797,12 @@ int main(int argc, char** argv) {
   if (selected(only, "queue_small_1to1_boost"))
     report("queue_small_1to1_boost", "Mmsg/s", 1e-6,
            measure(reps, scale(2000000), ours_queue_small_1to1, boost_queue_small_1to1), true);
+  // The same with both processes on one CPU: which placement the scheduler picks decides the free
+  // case (a CPU each: Boost's lock is contended; one CPU: it is not), so both are reported.
+  if (selected(only, "queue_small_1to1_boost_1cpu"))
+    report("queue_small_1to1_boost_1cpu", "Mmsg/s", 1e-6,
+           on_one_cpu([&] { return measure(reps, scale(2000000), ours_queue_small_1to1, boost_queue_small_1to1); }),
+           true);
 #endif
   if (selected(only, "queue_small_2to2"))
     report("queue_small_2to2", "Mmsg/s", 1e-6, measure(reps, scale(2000000), ours_queue_small_2to2, raw_spsc_ring), true);
@@ -780,6 +826,12 @@ int main(int argc, char** argv) {
            measure(reps, 1, [&](long) { return ours_pool_imap(scale(100000)) / static_cast<double>(scale(100000)); },
                    [&](long) { return ours_pingpong(scale(100000), 8) / static_cast<double>(scale(100000)); }),
            true);
+  if (selected(only, "pool_imap_chunksize1_100k_all_options"))
+    report("pool_imap_chunksize1_100k_all_options", "ktasks/s", 1e-3,
+           measure(reps, 1,
+                   [&](long) { return ours_pool_imap_all_options(scale(100000)) / static_cast<double>(scale(100000)); },
+                   [&](long) { return ours_pool_imap(scale(100000)) / static_cast<double>(scale(100000)); }),
+           true);
   if (selected(only, "pool_worker_state_100MiB"))
     report("pool_worker_state_100MiB", "ms/task", 1e3,
            measure(reps, scale(20), ours_pool_worker_state, ours_pool_state_as_argument), false);
@@ -793,6 +845,10 @@ int main(int argc, char** argv) {
   if (selected(only, "manager_dict_set_get"))
     report("manager_dict_set_get", "us/set+get", 1e6,
            measure(reps, scale(20000), ours_manager_dict_set_get, [](long k) { return raw_pingpong(2 * k, 8); }), false);
+  // The raw limit: a fork and join of a child that does nothing.
+  if (selected(only, "manager_start_shutdown"))
+    report("manager_start_shutdown", "ms/start+stop", 1e3,
+           measure(reps, scale(200), ours_manager_start_shutdown, raw_fork_join), false);
   bench_listener::run(only, quick);
   return 0;
 }

@@ -297,6 +297,16 @@ def manager_dict_set_get(n):
         return time.perf_counter() - t0
 
 
+def manager_start_shutdown(n):
+    """multiprocessing.Manager() under fork, then shutdown(), n times (bench_main.cpp's case)."""
+    ctx = mp.get_context('fork')
+    t0 = time.perf_counter()
+    for _ in range(n):
+        m = ctx.Manager()
+        m.shutdown()
+    return time.perf_counter() - t0
+
+
 def on_one_cpu(run):
     """The ping-pong on one CPU, as bench_main.cpp measures it (children inherit the mask)."""
     saved = os.sched_getaffinity(0)
@@ -347,6 +357,7 @@ def main():
     ]
     cases += [
         ('manager_dict_set_get', 'us/set+get', lambda: 1e6 * median_per_op(reps, scale(20000), manager_dict_set_get)),
+        ('manager_start_shutdown', 'ms/start+stop', lambda: 1e3 * median_per_op(reps, scale(200), manager_start_shutdown)),
     ]
     import cpython_bench_listener
     cases += cpython_bench_listener.cases(median_per_op, reps, scale)

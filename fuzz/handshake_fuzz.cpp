@@ -83,14 +83,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     switch (role) {
       case 0: auth::deliver_challenge(c, kKey, deadline); break;
       case 1: auth::answer_challenge(c, kKey, deadline); break;
-      case 2:
-        auth::deliver_challenge(c, kKey, deadline);
-        auth::answer_challenge(c, kKey, deadline);
-        break;
-      default:
-        auth::answer_challenge(c, kKey, deadline);
-        auth::deliver_challenge(c, kKey, deadline);
-        break;
+      // Both halves as Listener (2) and Client (3) run them: on a stream socket, the handshake
+      // that writes ahead and reads several messages at once (auth.cpp's StreamReader).
+      case 2: auth::handshake(c, kKey, deadline, true); break;
+      default: auth::handshake(c, kKey, deadline, false); break;
     }
     // Success needs a right MAC of our random challenge: only answer_challenge alone can get
     // there (a hostile challenger can send #WELCOME# to anything).

@@ -82,7 +82,8 @@ void handshake(Connection& c, const Bytes& key, Timeout timeout, bool challenger
   auto deadline = posix::deadline_after(timeout);
   std::string why;
   try {
-    detail::auth::handshake(c, key, deadline, challenger_first);
+    // (Listener and Client make stream sockets: no need to ask the kernel.)
+    detail::auth::handshake(c, key, deadline, challenger_first, posix::FdKind::stream);
     return;
   } catch (const AuthenticationError& e) {
     c.close();
@@ -184,7 +185,9 @@ Connection Listener::accept() {
   std::string who = im.last_accepted->to_string();
   if (who.empty()) who = "an unnamed AF_UNIX client";
   if (im.key) handshake(c, *im.key, im.options.handshake_timeout, true, who);
-  get_logger().debug("accepted a connection on " + im.address.to_string() + " from " + who);
+  // (the message only when it is logged: building it is a good part of an accept's user time)
+  if (get_logger().is_enabled_for(levels::debug))
+    get_logger().debug("accepted a connection on " + im.address.to_string() + " from " + who);
   return c;
 }
 
@@ -211,7 +214,7 @@ Connection Client(const Address& address, Options options) {
   Connection c(posix::connect_socket(to_socket(address)), true, true);
   c.set_serializer(options.serializer);
   if (key) handshake(c, *key, options.handshake_timeout, false, address.to_string());
-  get_logger().debug("connected to " + address.to_string());
+  if (get_logger().is_enabled_for(levels::debug)) get_logger().debug("connected to " + address.to_string());
   return c;
 }
 

@@ -11,6 +11,7 @@
 // (TypeInfo::cancel), so that no server thread is left waiting. Whoever calls is known by the
 // server thread serving its connection: an RLock or a Condition is owned by a connection, as
 // CPython's are owned by the server thread of that connection.
+#include <multiprocessing/context.hpp>
 #include <multiprocessing/managers.hpp>
 
 #include "manager_pickle.hpp"
@@ -522,6 +523,7 @@ struct Barrier : Waiting {
     bool broken = false;
   };
   std::int64_t parties = 1;
+  void (*action)() = nullptr;  // run by the last party to arrive, before the others are released
   std::optional<double> default_timeout;
   std::int64_t count = 0;  // parties waiting in the current round
   bool broken = false;
@@ -543,8 +545,13 @@ std::shared_ptr<TypeInfo> barrier_type() {
   auto info = waiting_type<Barrier>(
       "Barrier", {"__getattribute__", "wait", "abort", "reset"}, [](const Value& args, const Value& kwds) -> std::shared_ptr<void> {
         auto a = bind("Barrier", args, kwds, {{"parties", {}}, {"action", Value()}, {"timeout", Value()}});
-        if (!a[1].is_none()) python_error("builtins.TypeError", "a C++ manager's Barrier takes no action (action must be None)");
         auto b = std::make_shared<Barrier>();
+        if (!a[1].is_none()) {
+          // A C++ client's function, by code reference (a Python callable cannot run here).
+          if (!a[1].is<Bytes>())
+            python_error("builtins.TypeError", "a C++ manager's Barrier action must be a C++ function of the manager's build");
+          b->action = reinterpret_cast<void (*)()>(resolve_code_ref_bytes(a[1].as<Bytes>()));
+        }
         b->parties = a[0].as<std::int64_t>();
         if (b->parties < 1) python_error("builtins.ValueError", "parties must be > 0");
         b->default_timeout = seconds(a[2], false);
@@ -557,6 +564,21 @@ std::shared_ptr<TypeInfo> barrier_type() {
     if (b.broken) broken_barrier();
     const std::int64_t index = b.count++;
     if (b.count == b.parties) {
+      if (b.action != nullptr) {
+        // As threading.Barrier: the action runs before anyone is released; when it throws, the
+        // barrier breaks for everyone and this party gets the exception.
+        try {
+          b.action();
+        } catch (const std::exception& e) {
+          b.broken = true;
+          b.break_round();
+          python_error("builtins.RuntimeError", std::string("the barrier's action threw: ") + e.what());
+        } catch (...) {
+          b.broken = true;
+          b.break_round();
+          python_error("builtins.RuntimeError", "the barrier's action threw");
+        }
+      }
       b.round->released = true;
       b.round = std::make_shared<Barrier::Round>();
       b.count = 0;
@@ -674,6 +696,82 @@ std::shared_ptr<TypeInfo> array_type() {
   return info;
 }
 
+// ---- multiprocessing.pool.Pool (manager.Pool(processes)) ----
+// An mp::Pool in the manager process. Its calls come from a C++ PoolProxy as code references:
+// the entry (detail::managers::pool_map_entry / pool_apply_entry, instantiated by the client for
+// its task's types), the task when it is a function pointer, and the encoded arguments. The
+// manager resolves both in its own build (a spawn child finds its target the same way) and runs
+// the typed call on its pool; the reply is the encoded result or task error. Calls are not
+// serialized (a map waits for its workers while other clients use the pool), and a stopping
+// server terminates the pool, which fails the calls waiting on it.
+struct ManagedPool {
+  mp::Pool pool;
+  explicit ManagedPool(mp::Pool p) : pool(std::move(p)) {}
+  void cancel() {
+    try {
+      pool.terminate();
+    } catch (const std::exception&) {
+    }
+  }
+};
+
+Value pool_call(ManagedPool& p, const char* method, const Value& args, const Value& kwds) {
+  auto a = bind(method, args, kwds, {{"entry", {}}, {"task", Value()}, {"arguments", {}}});
+  if (!a[0].is<Bytes>() || !(a[1].is_none() || a[1].is<Bytes>()) || !a[2].is<Bytes>())
+    python_error("builtins.TypeError",
+                 std::string("a C++ manager's Pool runs C++ tasks only: Pool.") + method +
+                     "() takes the code references a C++ PoolProxy of the manager's build sends");
+  const auto entry = reinterpret_cast<PoolEntry>(resolve_code_ref_bytes(a[0].as<Bytes>()));
+  const auto task = a[1].is_none() ? ErasedFn{nullptr} : reinterpret_cast<ErasedFn>(resolve_code_ref_bytes(a[1].as<Bytes>()));
+  const Bytes arguments = a[2].as<Bytes>();
+  return Value(entry(p.pool, task, arguments));
+}
+
+std::shared_ptr<TypeInfo> pool_type() {
+  auto info = waiting_type<ManagedPool>(
+      "Pool", {"apply", "close", "join", "map", "starmap", "terminate"},
+      [](const Value& args, const Value& kwds) -> std::shared_ptr<void> {
+        auto a = bind("Pool", args, kwds, {{"processes", Value()}, {"start_method", Value()}});
+        PoolOptions options;
+        if (!a[0].is_none()) {
+          if (a[0].type_name() != "int") python_error("builtins.TypeError", "processes must be an int or None");
+          const std::int64_t n = a[0].as<std::int64_t>();
+          if (n < 1 || n > 4096) python_error("builtins.ValueError", "Number of processes must be at least 1");
+          options.processes = static_cast<int>(n);
+        }
+        if (!a[1].is_none()) {
+          if (!a[1].is<std::string>()) python_error("builtins.TypeError", "start_method must be a str or None");
+          options.context = get_context(a[1].as<std::string>());
+        }
+        return std::make_shared<ManagedPool>(mp::Pool(std::move(options)));
+      });
+  method<ManagedPool>(*info, "apply", +[](ManagedPool& p, const Value& args, const Value& kwds) {
+    return pool_call(p, "apply", args, kwds);
+  });
+  method<ManagedPool>(*info, "map", +[](ManagedPool& p, const Value& args, const Value& kwds) {
+    return pool_call(p, "map", args, kwds);
+  });
+  method<ManagedPool>(*info, "starmap", +[](ManagedPool& p, const Value& args, const Value& kwds) {
+    return pool_call(p, "starmap", args, kwds);
+  });
+  method<ManagedPool>(*info, "close", +[](ManagedPool& p, const Value& args, const Value& kwds) {
+    bind("close", args, kwds, {});
+    p.pool.close();
+    return Value();
+  });
+  method<ManagedPool>(*info, "terminate", +[](ManagedPool& p, const Value& args, const Value& kwds) {
+    bind("terminate", args, kwds, {});
+    p.pool.terminate();
+    return Value();
+  });
+  method<ManagedPool>(*info, "join", +[](ManagedPool& p, const Value& args, const Value& kwds) {
+    bind("join", args, kwds, {});
+    p.pool.join();
+    return Value();
+  });
+  return info;
+}
+
 }  // namespace
 
 std::vector<std::shared_ptr<TypeInfo>> waiting_sync_types() {
@@ -686,7 +784,8 @@ std::vector<std::shared_ptr<TypeInfo>> waiting_sync_types() {
           condition_type(),
           event_type(),
           barrier_type(),
-          array_type()};
+          array_type(),
+          pool_type()};
 }
 
 }  // namespace mp::detail::managers

@@ -1,11 +1,17 @@
 // Managers and proxies over CPython's manager protocol (PROTOCOLS.md §4).
 //
-// Server: one listener with the manager's authkey; every accepted connection gets a thread that
-// reads one request (ident, methodname, args, kwds). Control requests (ident None) get one reply
-// and the connection closes; 'accept_connection' turns the connection into a method-call channel
-// served until EOF. Objects live in a table keyed by a hex id with CPython's reference counts.
-// Every thread waits on its socket and on a wake-up pipe that 'shutdown' writes, so that shutdown
-// ends all of them at once and serve_forever() joins them (no thread outlives the server).
+// Server: one listener with the manager's authkey. A connection's first request (ident,
+// methodname, args, kwds) is a control request (ident None: one reply, then the connection
+// closes) or 'accept_connection', which turns the connection into a method-call channel served
+// until EOF. The accept loop answers a control request that runs no user code itself when it is
+// already there whole (most are: a client sends it right behind the handshake; a thread costs
+// more than the answer); 'create', 'decref', 'accept_connection' and a request slow to come get a
+// thread of their own. Objects
+// live in a table keyed by a hex id with CPython's reference counts. A thread waiting for its
+// first request polls its socket and a wake-up pipe that 'shutdown' writes; a channel's thread
+// reads its socket directly (a poll per call costs a system call and keeps the read from
+// spinning), and 'shutdown' shuts the channels' sockets down for reading instead. So shutdown
+// ends every thread at once and serve_forever() joins them (no thread outlives the server).
 //
 // Client: a control request is a fresh connection each (as CPython's client does); a proxy keeps
 // one channel of its own, opened on first use.
@@ -21,6 +27,9 @@
 #include "manager_pickle.hpp"
 #include "pickle_internal.hpp"
 #include "posix/futex.hpp"
+#include "posix/peek.hpp"
+#include "posix/process.hpp"
+#include "posix/socket.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -44,6 +53,9 @@ namespace pd = pickle::detail;
 constexpr std::size_t kMaxMessage = std::size_t{256} << 20;
 // The handshake of one manager connection: a silent client must not hold the accept loop long.
 constexpr Duration kManagerHandshake{10.0};
+// How long the accept loop waits for a new connection's first request before leaving it to a
+// thread of its own (a client sends it right behind the handshake).
+constexpr Duration kInlineWait{0.002};
 
 // ---- the pickle writer for replies holding Python objects (exceptions) ----
 // Plain replies go through pickle::dumps (byte-identical to CPython's); '#ERROR' replies hold a
@@ -294,6 +306,22 @@ thread_local std::optional<std::pair<Address, Bytes>> last_reply_manager;
 }  // namespace
 
 namespace detail::managers {
+
+Bytes code_ref_bytes(std::uintptr_t address) { return mp::dumps(posix::code_ref_of(address)); }
+
+std::uintptr_t resolve_code_ref_bytes(std::span<const std::byte> ref) {
+  posix::CodeRef code;
+  try {
+    code = mp::loads<posix::CodeRef>(ref);
+  } catch (const std::exception& e) {
+    throw std::invalid_argument(std::string("not a C++ code reference: ") + e.what());
+  }
+  try {
+    return posix::resolve_code_ref(code);
+  } catch (const std::exception& e) {
+    throw std::invalid_argument(std::string("the code reference names no function of this manager's build: ") + e.what());
+  }
+}
 
 Value load_reply(std::span<const std::byte> raw) {
   Value v = pd::load_manager_value(raw);
@@ -811,7 +839,8 @@ struct LocalObjects {
 }  // namespace
 
 struct Server::Impl {
-  connection::Listener listener;
+  // Empty in a RequestSandbox (a default Listener would bind a socket of its own).
+  std::optional<connection::Listener> listener;
   Address bound;  // the listener's address (still known once it is closed)
   Bytes authkey;
   std::map<std::string, std::shared_ptr<detail::managers::TypeInfo>, std::less<>> types;
@@ -829,12 +858,29 @@ struct Server::Impl {
   // Written once by 'shutdown' and never read: every thread waits on it next to its own socket,
   // so that all of them wake at once.
   std::pair<Connection, Connection> wake = Pipe(false);
+  // The sockets of the connections served by threads. A channel's thread blocks in its read
+  // without polling the wake-up pipe next to it (a poll before every read costs a system call and
+  // an extra sleep per call, and keeps the read from spinning), and a client may stall in the
+  // middle of a request; stopping shuts these sockets down for reading, which ends every such
+  // read with EOF. A thread removes its socket here before the socket is closed, so a number
+  // here is never a reused descriptor.
+  std::mutex channels_mutex;
+  std::vector<int> channel_fds;
 
   void request_stop() {
     if (stop.exchange(true)) return;
     try {
       wake.second.send_bytes(std::string_view("x"));
     } catch (const std::exception&) {
+    }
+    {
+      std::lock_guard lock(channels_mutex);
+      for (int fd : channel_fds) {
+        try {
+          detail::posix::shutdown_socket(fd, true, false);
+        } catch (const std::exception&) {
+        }
+      }
     }
     // Calls waiting in an object (Queue.get, Lock.acquire) fail now, so that their threads end.
     std::lock_guard lock(table_mutex);
@@ -1038,38 +1084,85 @@ struct Server::Impl {
     return !stop.load();
   }
 
-  void serve_connection(Connection c) {
+  // Serves a connection from its first request (read here unless `first` holds it already).
+  void serve_connection(Connection c, std::optional<Bytes> first = std::nullopt) {
     try {
-      if (!wait_message(c)) return;
-      Value request;
-      std::string refusal;
-      if (!decode_request(c.recv_bytes(kMaxMessage), request, refusal)) {
-        c.send_bytes(refusal);
-        return;
+      Listed listed(*this, c);
+      if (!first) {
+        if (!wait_message(c)) return;
+        first = c.recv_bytes(kMaxMessage);
       }
-      const std::string name = request[1].as<std::string>();
-      if (!request[std::size_t{0}].is_none()) {
-        c.send_bytes(traceback_reply("ValueError", "a method call before accept_connection"));
-        return;
-      }
-      if (name == "shutdown") {
-        // The flag first: the client may close after the first reply, and the second send then
-        // fails (EPIPE), which must not keep the server running.
-        request_stop();
-        const std::string reply = kind_reply("#RETURN", Value());
-        c.send_bytes(reply);
-        c.send_bytes(reply);  // CPython sends it twice (PROTOCOLS.md §4.2)
-        return;
-      }
-      if (name == "accept_connection") {
-        c.send_bytes(kind_reply("#RETURN", Value()));
-        serve_channel(c);
-        return;
-      }
-      c.send_bytes(control_reply(name, request));
+      serve_first(c, *first);
     } catch (const std::exception&) {
       // The client went away (EOF, EPIPE, ECONNRESET) or sent a bad frame: only its connection ends.
     }
+  }
+
+  // A connection's first request: a control request (one reply, then the connection closes) or
+  // accept_connection (the connection becomes a method-call channel).
+  void serve_first(Connection& c, std::span<const std::byte> raw) {
+    Value request;
+    std::string refusal;
+    if (!decode_request(raw, request, refusal)) {
+      c.send_bytes(refusal);
+      return;
+    }
+    const std::string name = request[1].as<std::string>();
+    if (!request[std::size_t{0}].is_none()) {
+      c.send_bytes(traceback_reply("ValueError", "a method call before accept_connection"));
+      return;
+    }
+    if (name == "shutdown") {
+      // The flag first: the client may close after the first reply, and the second send then
+      // fails (EPIPE), which must not keep the server running.
+      request_stop();
+      const std::string reply = kind_reply("#RETURN", Value());
+      c.send_bytes(reply);
+      c.send_bytes(reply);  // CPython sends it twice (PROTOCOLS.md §4.2)
+      return;
+    }
+    if (name == "accept_connection") {
+      c.send_bytes(kind_reply("#RETURN", Value()));
+      serve_channel(c);
+      return;
+    }
+    c.send_bytes(control_reply(name, request));
+  }
+
+  // The first request of a just-accepted connection when it is already there whole (a client
+  // sends it right behind the handshake): nullopt when it is not, so that a client that is slow
+  // or stalls mid-message never holds up the accept loop (its thread waits for it instead).
+  static std::optional<Bytes> ready_request(Connection& c) {
+    if (!c.poll(kInlineWait)) return std::nullopt;
+    const int fd = c.fileno();
+    std::byte head[12];
+    const std::size_t n = detail::posix::peek_some(fd, head);
+    if (n < 4) return std::nullopt;
+    std::uint64_t length = 0, header = 4;
+    for (int k = 0; k < 4; ++k) length = (length << 8) | std::to_integer<std::uint64_t>(head[k]);
+    if (length == 0xffffffff) {  // the long form: an 8-byte length follows
+      if (n < 12) return std::nullopt;
+      length = 0;
+      for (int k = 4; k < 12; ++k) length = (length << 8) | std::to_integer<std::uint64_t>(head[k]);
+      header = 12;
+    }
+    // (An over-long request is refused by recv_bytes at once, without reading it.)
+    if (length <= kMaxMessage && detail::posix::bytes_ready(fd) < header + length) return std::nullopt;
+    return c.recv_bytes(kMaxMessage);
+  }
+
+  // Whether serve_forever answers this first request itself: control requests that run no user
+  // code (a thread costs more than answering them). 'create' runs a constructor and 'decref' may
+  // run a destructor, either of which may wait (a destructor of an object holding a proxy of this
+  // very manager sends a decref that only the accept loop can take), and 'accept_connection' is
+  // served until the client goes: those get a thread.
+  static bool answered_inline(std::span<const std::byte> raw) {
+    Value request;
+    std::string refusal;
+    if (!decode_request(raw, request, refusal)) return true;  // refused at once
+    if (!request[std::size_t{0}].is_none()) return true;
+    const std::string name = request[1].as<std::string>();
+    return name != "create" && name != "decref" && name != "accept_connection";
   }
 
   // Decodes one request message; false, with the reply to send, when it is not a request.
@@ -1103,11 +1196,32 @@ struct Server::Impl {
            r[1].is<std::string>() && r[2].type_name() == "tuple" && r[3].type_name() == "dict";
   }
 
+  // While alive, a stop shuts c's socket down for reading (which ends a read waiting on it).
+  // Listed before the stop flag is looked at, so that a stop after the look reaches it.
+  struct Listed {
+    Impl& server;
+    int fd;
+    Listed(Impl& s, Connection& c) : server(s), fd(c.fileno()) {
+      std::lock_guard lock(server.channels_mutex);
+      server.channel_fds.push_back(fd);
+    }
+    ~Listed() {
+      std::lock_guard lock(server.channels_mutex);
+      std::erase(server.channel_fds, fd);
+    }
+    Listed(const Listed&) = delete;
+    Listed& operator=(const Listed&) = delete;
+  };
+
+  // Serves a method-call channel until EOF or a stop (on a thread whose connection is Listed).
   void serve_channel(Connection& c) {
-    while (wait_message(c)) {
+    while (!stop.load()) {
       std::string reply;
       Value request;
-      if (!decode_request(c.recv_bytes(kMaxMessage), request, reply)) {
+      // Blocks (after a short adaptive spin) until the next request, EOF, or a stop.
+      const Bytes message = c.recv_bytes(kMaxMessage);
+      if (stop.load()) break;
+      if (!decode_request(message, request, reply)) {
       } else if (request[std::size_t{0}].is_none()) {
         reply = traceback_reply("ValueError", "bad request on a method-call channel");
       } else {
@@ -1130,19 +1244,32 @@ struct Server::Impl {
   }
 
   void serve_forever() {
+    if (!listener) throw std::logic_error("Server: no listener");
     while (!stop.load()) {
-      (void)connection::wait({connection::Waitable(listener), connection::Waitable(wake.first)});
+      (void)connection::wait({connection::Waitable(*listener), connection::Waitable(wake.first)});
       if (stop.load()) break;
       Connection c;
       try {
-        c = listener.accept();
+        c = listener->accept();
       } catch (const std::exception&) {
         continue;  // a failed handshake (wrong key, garbage, a silent client) ends that client only
       }
+      // Most connections carry one control request ('dummy', 'incref', 'shutdown', ...)
+      // sent right behind the handshake: answered here, without a thread of its own.
+      std::optional<Bytes> first;
+      try {
+        first = ready_request(c);
+        if (first && answered_inline(*first)) {
+          serve_first(c, *first);
+          continue;
+        }
+      } catch (const std::exception&) {
+        continue;  // the client went away or sent a bad frame: only its connection ends
+      }
       reap(false);
       auto done = std::make_shared<std::atomic<bool>>(false);
-      std::thread t([this, c, done]() mutable {
-        serve_connection(std::move(c));
+      std::thread t([this, c, done, first = std::move(first)]() mutable {
+        serve_connection(std::move(c), std::move(first));
         done->store(true);
       });
       std::lock_guard lock(threads_mutex);
@@ -1152,7 +1279,7 @@ struct Server::Impl {
     // Clients that come later (a proxy's last decref) are refused at once instead of waiting in
     // the backlog for a handshake that never comes.
     try {
-      listener.close();
+      listener->close();
     } catch (const std::exception&) {
     }
   }
@@ -1257,7 +1384,7 @@ Server BaseManager::get_server() {
   s->listener = connection::Listener(impl_->address, o);
   s->authkey = impl_->authkey;
   s->types = impl_->types;
-  s->bound = s->listener.address();
+  s->bound = s->listener->address();
   impl_->address = s->bound;
   return Server(std::move(s));
 }

@@ -358,6 +358,13 @@ void index_insert(Container& c, std::size_t hash, std::size_t pos, std::size_t s
 
 }  // namespace
 
+namespace {
+// hash_value with the common case, a str key, inlined where a dict or set is filled.
+[[gnu::always_inline]] inline std::size_t key_hash(const Value& v) {
+  return Raw::kind(v) == kStr ? hash_bytes(Raw::text(v)) ^ kStrSalt : hash_value(v);
+}
+}  // namespace
+
 bool values_equal(const Value& a, const Value& b) { return Equal{}(a, b); }
 
 std::size_t find_in(const Container& c, const Value& key, std::size_t hash, std::size_t step) {
@@ -429,7 +436,7 @@ std::size_t probe(const Container& c, const Value& key, std::size_t hash, std::s
 
 void dict_set(Container& c, Value&& key, Value&& value) {
   if (!c.index.empty() && 2 * (c.items.size() / 2 + 1) < c.index.size()) {  // room in the index: one probe
-    const std::size_t h = hash_value(key);
+    const std::size_t h = key_hash(key);
     std::size_t empty = 0;
     const std::size_t at = probe(c, key, h, empty);
     if (at != kNpos) {
@@ -454,7 +461,7 @@ void dict_set(Container& c, Value&& key, Value&& value) {
     }
     return;
   }
-  const std::size_t h = hash_value(key);
+  const std::size_t h = key_hash(key);
   const std::size_t at = find_in(c, key, h, 2);
   if (at != kNpos) {
     c.items[at + 1] = std::move(value);
@@ -483,7 +490,7 @@ bool set_add(Container& c, Value&& item) {
     c.items.push_back(std::move(item));
     return true;
   }
-  const std::size_t h = hash_value(item);
+  const std::size_t h = key_hash(item);
   if (find_in(c, item, h, 1) != kNpos) return false;
   const std::size_t pos = c.items.size();
   c.items.push_back(std::move(item));

@@ -126,8 +126,18 @@ inline std::size_t hash_text(std::string_view s) noexcept {
     p += 8;
     n -= 8;
   }
+  // The last 0-7 bytes, in at most two loads: for 4-7 bytes the first and the last four
+  // (overlapping), for 1-3 the first, middle and last byte; either way all of them, and the length
+  // is in h already, so that different texts of one length give different words.
   std::uint64_t w = 0;
-  for (std::size_t k = 0; k < n; ++k) w |= static_cast<std::uint64_t>(p[k]) << (8 * k);
+  if (n >= 4) {
+    std::uint32_t a, b;
+    std::memcpy(&a, p, 4);
+    std::memcpy(&b, p + n - 4, 4);
+    w = a | (static_cast<std::uint64_t>(b) << 32);
+  } else if (n > 0) {
+    w = p[0] | (static_cast<std::uint64_t>(p[n / 2]) << 8) | (static_cast<std::uint64_t>(p[n - 1]) << 16);
+  }
   h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
   h ^= h >> 29;
   h *= 0xff51afd7ed558ccdULL;

@@ -17,8 +17,10 @@
 
 #include <bit>
 #include <cstring>
+#include <new>
 #include <stdexcept>
 #include <unordered_map>
+#include <utility>
 
 namespace mp::pickle::detail {
 namespace {
@@ -34,6 +36,69 @@ constexpr const char* kAllowed =
 struct Item {
   Value value;
   Global global = Global::none;
+};
+
+// The reader's stack and memo: a vector of Items whose appends are always inlined (a few per
+// opcode; std::vector's are out-of-line calls in a function as large as Reader::run).
+class Items {
+ public:
+  Items() noexcept = default;
+  ~Items() {
+    clear();
+    ::operator delete(data_);
+  }
+  Items(const Items&) = delete;
+  Items& operator=(const Items&) = delete;
+  void swap(Items& other) noexcept {
+    std::swap(data_, other.data_);
+    std::swap(size_, other.size_);
+    std::swap(capacity_, other.capacity_);
+  }
+
+  std::size_t size() const noexcept { return size_; }
+  std::size_t capacity() const noexcept { return capacity_; }
+  bool empty() const noexcept { return size_ == 0; }
+  Item* begin() noexcept { return data_; }
+  Item* end() noexcept { return data_ + size_; }
+  Item& operator[](std::size_t i) noexcept { return data_[i]; }
+  const Item& operator[](std::size_t i) const noexcept { return data_[i]; }
+  Item& back() noexcept { return data_[size_ - 1]; }
+  const Item& back() const noexcept { return data_[size_ - 1]; }
+
+  template <class... A>
+  [[gnu::always_inline]] Item& emplace_back(A&&... a) {
+    if (size_ == capacity_) [[unlikely]]
+      grow(2 * capacity_ + 64);
+    return *::new (static_cast<void*>(data_ + size_++)) Item(std::forward<A>(a)...);
+  }
+  [[gnu::always_inline]] void push_back(const Item& item) { emplace_back(item); }
+  [[gnu::always_inline]] void push_back(Item&& item) { emplace_back(std::move(item)); }
+  void pop_back() noexcept { data_[--size_].~Item(); }
+  /// n items: the last ones dropped, or Nones added (as std::vector::resize).
+  void resize(std::size_t n) {
+    while (size_ > n) data_[--size_].~Item();
+    while (size_ < n) emplace_back();
+  }
+  void clear() noexcept {
+    while (size_ > 0) data_[--size_].~Item();
+  }
+  void reserve(std::size_t n) {
+    if (n > capacity_) grow(n);
+  }
+
+ private:
+  [[gnu::noinline]] void grow(std::size_t n) {
+    auto* fresh = static_cast<Item*>(::operator new(n * sizeof(Item)));
+    for (std::size_t i = 0; i < size_; ++i) {
+      ::new (static_cast<void*>(fresh + i)) Item(std::move(data_[i]));
+      data_[i].~Item();
+    }
+    ::operator delete(data_);
+    data_ = fresh;
+    capacity_ = n;
+  }
+  Item* data_ = nullptr;
+  std::size_t size_ = 0, capacity_ = 0;
 };
 
 std::string hex_byte(unsigned b) {
@@ -107,7 +172,7 @@ class Reader {
           break;
         }
         case 0x95: {  // FRAME: the frame's opcodes follow; its length must fit in the input
-          const std::uint64_t len = read_le(8);
+          const std::uint64_t len = read_le<8>();
           if (len > size_ - pos_) fail("FRAME of " + std::to_string(len) + " bytes, only " + std::to_string(size_ - pos_) + " left", at);
           break;
         }
@@ -136,13 +201,13 @@ class Reader {
         case 0x88: Raw::set_bool(stack_.emplace_back().value, true); break;   // NEWTRUE
         case 0x89: Raw::set_bool(stack_.emplace_back().value, false); break;  // NEWFALSE
         case 0x4b: push_int(read_u8()); break;                       // BININT1
-        case 0x4d: push_int(static_cast<std::int64_t>(read_le(2))); break;  // BININT2
+        case 0x4d: push_int(static_cast<std::int64_t>(read_le<2>())); break;  // BININT2
         case 0x4a:                                                   // BININT
-          push_int(static_cast<std::int32_t>(static_cast<std::uint32_t>(read_le(4))));
+          push_int(static_cast<std::int32_t>(static_cast<std::uint32_t>(read_le<4>())));
           break;
         case 0x8a: push(Raw::make_int_from_twos(read_text(read_u8(), at))); break;  // LONG1
         case 0x8b: {                                                                // LONG4
-          const auto n = static_cast<std::int32_t>(static_cast<std::uint32_t>(read_le(4)));
+          const auto n = static_cast<std::int32_t>(static_cast<std::uint32_t>(read_le<4>()));
           if (n < 0) fail("LONG4 with a negative length", at);
           push(Raw::make_int_from_twos(read_text(static_cast<std::size_t>(n), at)));
           break;
@@ -155,13 +220,13 @@ class Reader {
           break;
         }
         case 0x8c: push_text(kStr, read_text(read_u8(), at), at); break;     // SHORT_BINUNICODE
-        case 0x58: push_text(kStr, read_text(read_le(4), at), at); break;    // BINUNICODE
-        case 0x8d: push_text(kStr, read_text(read_le(8), at), at); break;    // BINUNICODE8
+        case 0x58: push_text(kStr, read_text(read_le<4>(), at), at); break;    // BINUNICODE
+        case 0x8d: push_text(kStr, read_text(read_le<8>(), at), at); break;    // BINUNICODE8
         case 0x43: push_text(kBytes, read_text(read_u8(), at), at); break;   // SHORT_BINBYTES
-        case 0x42: push_text(kBytes, read_text(read_le(4), at), at); break;  // BINBYTES
+        case 0x42: push_text(kBytes, read_text(read_le<4>(), at), at); break;  // BINBYTES
         case 0x8e:                                                           // BINBYTES8
         case 0x96:  // BYTEARRAY8: a bytearray arrives as bytes
-          push_text(kBytes, read_text(read_le(8), at), at);
+          push_text(kBytes, read_text(read_le<8>(), at), at);
           break;
         case 0x5d: push(Raw::make_container(kList, {})); break;   // EMPTY_LIST
         case 0x29: push(Raw::make_container(kTuple, {})); break;  // EMPTY_TUPLE
@@ -273,14 +338,14 @@ class Reader {
         }
         case 0x71: check_top(at), put(read_u8(), at); break;  // BINPUT
         case 0x72: {                                          // LONG_BINPUT
-          const std::uint64_t index = read_le(4);
+          const std::uint64_t index = read_le<4>();
           if (index > 0x7fffffffu) fail("negative LONG_BINPUT argument", at);
           check_top(at);
           put(index, at);
           break;
         }
         case 0x68: fetch(read_u8(), at); break;     // BINGET
-        case 0x6a: fetch(read_le(4), at); break;    // LONG_BINGET
+        case 0x6a: fetch(read_le<4>(), at); break;    // LONG_BINGET
         case 0x63: {                                // GLOBAL: "module\nname\n"
           const std::string module(read_line(at));
           const std::string name(read_line(at));
@@ -346,18 +411,18 @@ class Reader {
 
  private:
   struct Spare {
-    std::vector<Item> stack, memo;
+    Items stack, memo;
     std::vector<std::size_t> marks;
   };
   static Spare& spare() {
     static thread_local Spare buffers;
     return buffers;
   }
-  template <class T>
-  static void give_back(std::vector<T>& mine, std::vector<T>& spare) {
+  template <class V>
+  static void give_back(V& mine, V& spare) {
     constexpr std::size_t kKeepBytes = 2 * 1024 * 1024;
     mine.clear();
-    if (mine.capacity() * sizeof(T) <= kKeepBytes && mine.capacity() > spare.capacity()) mine.swap(spare);
+    if (mine.capacity() * sizeof(mine[0]) <= kKeepBytes && mine.capacity() > spare.capacity()) mine.swap(spare);
   }
 
   [[noreturn]] void fail(const std::string& what, std::size_t at) const {
@@ -365,26 +430,33 @@ class Reader {
   }
 
   // ---- input ----
-  void need(std::uint64_t n, std::size_t at) const {
-    if (n > size_ - pos_)
-      fail("truncated data: " + std::to_string(n) + " bytes needed, " + std::to_string(size_ - pos_) + " left", at);
+  // (The reads are inlined into run(), once per opcode; their failures are out of line.)
+  [[noreturn, gnu::cold, gnu::noinline]] void truncated(std::uint64_t n, std::size_t at) const {
+    fail("truncated data: " + std::to_string(n) + " bytes needed, " + std::to_string(size_ - pos_) + " left", at);
   }
-  unsigned read_u8() {
-    if (pos_ >= size_) fail("truncated data: no STOP opcode", pos_);
+  [[noreturn, gnu::cold, gnu::noinline]] void no_stop() const { fail("truncated data: no STOP opcode", pos_); }
+  [[gnu::always_inline]] void need(std::uint64_t n, std::size_t at) const {
+    if (n > size_ - pos_) [[unlikely]]
+      truncated(n, at);
+  }
+  [[gnu::always_inline]] unsigned read_u8() {
+    if (pos_ >= size_) [[unlikely]]
+      no_stop();
     return data_[pos_++];
   }
-  std::uint64_t read_le(std::size_t width) {
-    need(width, pos_ - 1);
+  template <std::size_t W>
+  [[gnu::always_inline]] std::uint64_t read_le() {
+    need(W, pos_ - 1);
     std::uint64_t v = 0;
     if constexpr (std::endian::native == std::endian::little) {
-      std::memcpy(&v, data_ + pos_, width);
+      std::memcpy(&v, data_ + pos_, W);
     } else {
-      for (std::size_t k = 0; k < width; ++k) v |= static_cast<std::uint64_t>(data_[pos_ + k]) << (8 * k);
+      for (std::size_t k = 0; k < W; ++k) v |= static_cast<std::uint64_t>(data_[pos_ + k]) << (8 * k);
     }
-    pos_ += width;
+    pos_ += W;
     return v;
   }
-  std::string_view read_text(std::uint64_t n, std::size_t at) {
+  [[gnu::always_inline]] std::string_view read_text(std::uint64_t n, std::size_t at) {
     need(n, at);
     std::string_view s(reinterpret_cast<const char*>(data_ + pos_), static_cast<std::size_t>(n));
     pos_ += static_cast<std::size_t>(n);
@@ -401,16 +473,26 @@ class Reader {
 
   // ---- stack ----
   std::size_t fence() const { return marks_.empty() ? 0 : marks_.back(); }
-  void push(Value&& v) { stack_.emplace_back().value = std::move(v); }
-  void push_int(std::int64_t i) { Raw::set_int(stack_.emplace_back().value, i); }
-  // A str or bytes read from the opcode at `at`, made in place on the stack.
-  void push_text(Kind kind, std::string_view text, std::size_t at) {
-    if (kind == kStr && !utf8_ok(text)) fail("a str that is not valid UTF-8 (lone surrogates are not supported)", at);
-    Item& item = stack_.emplace_back();
-    Raw::assign_text(item.value, kind, text);
+  // A new None on top of the stack. (Inlined: a push per opcode; the stack keeps its capacity
+  // from one loads to the next, so the growth is out of line and rare.)
+  [[gnu::always_inline]] Item& push_slot() {
+    return stack_.emplace_back();
   }
-  void check_top(std::size_t at) const {
-    if (stack_.size() <= fence()) fail("stack underflow", at);
+  void push(Value&& v) { push_slot().value = std::move(v); }
+  [[gnu::always_inline]] void push_int(std::int64_t i) { Raw::set_int(push_slot().value, i); }
+  // A str or bytes read from the opcode at `at`, made in place on the stack.
+  [[gnu::always_inline]] void push_text(Kind kind, std::string_view text, std::size_t at) {
+    if (kind == kStr && !utf8_ok(text)) [[unlikely]]
+      bad_utf8(at);
+    Raw::assign_text(push_slot().value, kind, text);
+  }
+  [[noreturn, gnu::cold, gnu::noinline]] void bad_utf8(std::size_t at) const {
+    fail("a str that is not valid UTF-8 (lone surrogates are not supported)", at);
+  }
+  [[noreturn, gnu::cold, gnu::noinline]] void underflow(std::size_t at) const { fail("stack underflow", at); }
+  [[gnu::always_inline]] void check_top(std::size_t at) const {
+    if (stack_.size() <= fence()) [[unlikely]]
+      underflow(at);
   }
   Item pop(std::size_t at) {
     check_top(at);
@@ -465,15 +547,17 @@ class Reader {
     return *c;
   }
   // Accounts for `child` going into `parent`: the budget, the nesting depth, and sealing.
-  void add_child(Container& parent, const Value& child, std::size_t at) {
-    if (budget_ == 0) fail("too many items for the size of the input", at);
+  [[gnu::always_inline]] void add_child(Container& parent, const Value& child, std::size_t at) {
+    if (budget_ == 0) [[unlikely]]
+      fail("too many items for the size of the input", at);
     --budget_;
-    if (Container* c = Raw::container(child)) {
-      if (c == &parent) fail("a container inside itself: a reference cycle, which is not supported", at);
-      c->sealed = true;
-      if (c->depth + 1 > parent.depth) parent.depth = c->depth + 1;
-      if (parent.depth > kMaxDepth) fail("nesting deeper than " + std::to_string(kMaxDepth) + " levels", at);
-    }
+    if (Container* c = Raw::container(child)) add_container(parent, *c, at);
+  }
+  [[gnu::noinline]] void add_container(Container& parent, Container& c, std::size_t at) {
+    if (&c == &parent) fail("a container inside itself: a reference cycle, which is not supported", at);
+    c.sealed = true;
+    if (c.depth + 1 > parent.depth) parent.depth = c.depth + 1;
+    if (parent.depth > kMaxDepth) fail("nesting deeper than " + std::to_string(kMaxDepth) + " levels", at);
   }
   Value build(Kind kind, std::vector<Value> items, std::size_t at) {
     Value v = Raw::make_container(kind, {});
@@ -488,7 +572,15 @@ class Reader {
   }
 
   // ---- memo ----
-  void put(std::uint64_t index, std::size_t at) {
+  // (MEMOIZE, the next slot, is the common case: inlined.)
+  [[gnu::always_inline]] void put(std::uint64_t index, std::size_t at) {
+    if (index == memo_.size() && sparse_.empty() && memo_.size() < memo_.capacity()) [[likely]] {
+      memo_.push_back(stack_.back());  // (a copy shares a long text's box)
+      return;
+    }
+    put_slow(index, at);
+  }
+  [[gnu::noinline]] void put_slow(std::uint64_t index, std::size_t at) {
     (void)at;
     const Item& top = stack_.back();
     Item entry = top;  // (a copy shares a long text's box)
@@ -615,9 +707,9 @@ class Reader {
   std::size_t size_;
   std::size_t pos_ = 0;
   std::size_t budget_;  // items that may still be put into containers
-  std::vector<Item> stack_;
+  Items stack_;
   std::vector<std::size_t> marks_;
-  std::vector<Item> memo_;
+  Items memo_;
   std::unordered_map<std::uint32_t, Item> sparse_;  // memo indices stored out of order
 };
 

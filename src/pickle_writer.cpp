@@ -86,6 +86,7 @@ class KeyMemo {
 struct Scratch {
   unsigned char* data = nullptr;
   std::size_t capacity = 0;
+  std::vector<std::pair<std::string_view, std::uint32_t>> first_keys;  // (Writer::first_keys_'s buffer)
   bool busy = false;
   ~Scratch() { std::free(data); }
 };
@@ -94,6 +95,7 @@ Scratch& scratch() {
   return s;
 }
 constexpr std::size_t kKeepScratch = 16 * 1024 * 1024;
+constexpr std::size_t kKeepFirstKeys = 1 << 16;
 
 }  // namespace
 
@@ -111,6 +113,7 @@ class Writer {
       cap_ = s.capacity;
       s.data = nullptr;
       s.capacity = 0;
+      first_keys_.swap(s.first_keys);
     }
     const std::uint8_t header[2] = {0x80, static_cast<std::uint8_t>(protocol_)};
     write(header, 2);
@@ -126,6 +129,8 @@ class Writer {
         s.capacity = cap_;
         buf_ = nullptr;
       }
+      first_keys_.clear();
+      if (first_keys_.capacity() <= kKeepFirstKeys) first_keys_.swap(s.first_keys);
     }
     std::free(buf_);
   }
@@ -187,16 +192,21 @@ class Writer {
   // ---- output and frames ----
   // buf_ (cap_ bytes, from malloc) grows by doubling and holds len_ bytes of output; opcodes are
   // written in place through grab().
-  unsigned char* grab(std::size_t n) {
+  // (Inlined: every opcode takes its bytes here. Opening a frame and growing are out of line.)
+  [[gnu::always_inline]] unsigned char* grab(std::size_t n) {
+    if ((framing_ && frame_start_ == kNoFrame) || cap_ - len_ < n) [[unlikely]]
+      grab_slow(n);
+    unsigned char* p = buf_ + len_;
+    len_ += n;
+    return p;
+  }
+  [[gnu::noinline]] void grab_slow(std::size_t n) {
     if (framing_ && frame_start_ == kNoFrame) {
       frame_start_ = len_;
       room(kFrameHeaderSize);
       len_ += kFrameHeaderSize;
     }
     room(n);
-    unsigned char* p = buf_ + len_;
-    len_ += n;
-    return p;
   }
   void write(const void* data, std::size_t n) {
     unsigned char* p = grab(n);
@@ -358,13 +368,21 @@ class Writer {
   }
 
   std::uint32_t save_str(std::string_view s) {
+    if (s.size() < 256 && protocol_ >= 4) {  // the common case in one piece: SHORT_BINUNICODE, MEMOIZE
+      unsigned char* p = grab(2 + s.size() + 1);
+      p[0] = 0x8c;
+      p[1] = static_cast<unsigned char>(s.size());
+      if (s.size() <= 16) {  // (short texts, the common case, without a call to memcpy)
+        for (std::size_t k = 0; k < s.size(); ++k) p[2 + k] = static_cast<unsigned char>(s[k]);
+      } else {
+        std::memcpy(p + 2, s.data(), s.size());
+      }
+      p[2 + s.size()] = 0x94;
+      return memo_count_++;
+    }
     std::uint8_t header[9];
     std::size_t header_size = 0;
-    if (s.size() < 256 && protocol_ >= 4) {
-      header[0] = 0x8c;  // SHORT_BINUNICODE
-      header[1] = static_cast<std::uint8_t>(s.size());
-      header_size = 2;
-    } else if (s.size() > 0xffffffffu) {
+    if (s.size() > 0xffffffffu) {
       if (protocol_ < 4) throw std::invalid_argument("pickle::dumps: a str over 4 GiB needs protocol 4 or later");
       header[0] = 0x8d;  // BINUNICODE8
       for (std::size_t k = 0; k < 8; ++k) header[1 + k] = static_cast<std::uint8_t>(static_cast<std::uint64_t>(s.size()) >> (8 * k));
@@ -514,7 +532,7 @@ class Writer {
   void dict_started() {
     if (keys_indexed_ || ++dicts_ < 2) return;
     for (const auto& [text, index] : first_keys_) (void)keys_.find_or_add(text, index);
-    first_keys_ = {};
+    first_keys_.clear();
     keys_indexed_ = true;
   }
 

@@ -20,7 +20,12 @@
 // per task. A slot of shared memory per worker (WorkerSlot) tells the pool how many chunks the
 // worker began and when its current task started, so that when it dies the pool still knows
 // exactly which chunk was running (the others run again or for the first time elsewhere), and
-// can enforce time limits.
+// can enforce time limits. The slot also counts the messages each side wrote to the pipe: a side
+// waiting for the other spins on that count for a few microseconds before it sleeps in poll
+// (SpinScore), and reads what it announces without polling.
+// The dispatcher starts with the first task: a pool closed before any gets 's' from close() and
+// is reaped by join() on the caller's thread (a pool's start and join cost little more than the
+// forks).
 // A worker also exits when its parent dies (it waits on the parent's sentinel with its pipe).
 #include <multiprocessing/connection.hpp>
 #include <multiprocessing/logging.hpp>
@@ -36,6 +41,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <latch>
 #include <map>
 #include <mutex>
 #include <new>
@@ -47,9 +53,11 @@
 #include "fork_safety.hpp"
 #include "pool_task_header.hpp"
 #include "posix/fd.hpp"
+#include "posix/futex.hpp"
 #include "posix/pool_signals.hpp"
 #include "mpi/mpi_backend.hpp"
 #include "posix/process.hpp"
+#include "posix/socket.hpp"
 
 namespace mp::detail {
 
@@ -172,6 +180,42 @@ std::int64_t now_ns() {
 }
 std::int64_t load(std::int64_t& word) { return std::atomic_ref(word).load(std::memory_order_acquire); }
 void store(std::int64_t& word, std::int64_t v) { std::atomic_ref(word).store(v, std::memory_order_release); }
+// A message count of the slot: one more, after the message was written (two threads of the pool
+// may write to a worker, so the increment is atomic).
+void announce(std::int64_t& word) { std::atomic_ref(word).fetch_add(1, std::memory_order_release); }
+
+// Whether a side spins before it sleeps, as Connection's reads decide it (src/connection.cpp): it
+// goes on spinning while spinning pays off (the other side answers within the spin: it runs on
+// another CPU), stops after a few spins that ended in a sleep (a slow peer, or both sides on one
+// CPU, where spinning only keeps the peer from running), and probes again every kSpinProbe
+// waits. Spins do not yield: on a loaded machine a yield can hand the CPU to another process for
+// a whole time slice. Updated by any thread (relaxed; a lost update only moves a heuristic).
+constexpr int kSpinStart = 4, kSpinMax = 16;
+constexpr unsigned kSpinProbe = 256;
+struct SpinScore {
+  std::atomic<int> score{kSpinStart};
+  std::atomic<unsigned> probe{0};
+};
+
+// Waits up to spin_ns for ready() (true), spinning when the score allows it.
+template <class Ready>
+bool spin_until(Ready ready, std::int64_t spin_ns, SpinScore& s) {
+  if (ready()) return true;
+  if (s.score.load(std::memory_order_relaxed) <= 0 &&
+      (s.probe.fetch_add(1, std::memory_order_relaxed) + 1) % kSpinProbe != 0)
+    return false;
+  const std::int64_t start = now_ns();
+  for (;;) {
+    for (int i = 0; i < 8; ++i) posix::spin_pause();
+    if (ready()) {
+      s.score.store(std::min(s.score.load(std::memory_order_relaxed) + 1, kSpinMax), std::memory_order_relaxed);
+      return true;
+    }
+    if (now_ns() - start >= spin_ns) break;
+  }
+  s.score.store(std::max(s.score.load(std::memory_order_relaxed) - 2, 0), std::memory_order_relaxed);
+  return false;
+}
 }  // namespace
 
 PoolStateCache& pool_worker_state_cache() noexcept {
@@ -216,6 +260,22 @@ void pool_task_started() noexcept {
   store(g_slot->tasks_started, load(g_slot->tasks_started) + 1);
 }
 
+// Serialization time for the insights costs two clock reads per phase, as much as a tiny task
+// itself: so it is measured on every chunk after one that ran for kLongChunkNs or more, and on
+// one in kSerializeSample shorter chunks, which then counts that many times (an estimate).
+namespace {
+constexpr std::int64_t kLongChunkNs = 20'000;
+constexpr std::int64_t kSerializeSample = 16;
+std::int64_t g_serialize_weight = 0;  // how many chunks the running chunk's measure stands for
+}  // namespace
+
+std::int64_t pool_serialize_begin() noexcept { return g_serialize_weight > 0 ? now_ns() : 0; }
+
+void pool_serialize_end(std::int64_t begin) noexcept {
+  if (begin == 0 || !g_slot) return;
+  store(g_slot->serializing_ns, load(g_slot->serializing_ns) + (now_ns() - begin) * g_serialize_weight);
+}
+
 namespace {
 
 // ---- the worker ----
@@ -256,20 +316,25 @@ struct ResultBatch {
     patch_raw(out, at + 9, static_cast<std::uint64_t>(out.size() - at - 17));
     ++count;
   }
-  void flush(Connection& conn) {
+  void flush(Connection& conn, WorkerSlot& slot) {
     if (count == 0) return;
     patch_raw(out, 1, count);
     conn.send_bytes(out);
+    announce(slot.results_sent);
     out.resize(5);
     count = 0;
   }
 };
 
-// A thread waiting for its own result polls its worker's pipe for this long before it sleeps
-// (a quick task's result then costs it no wake-up). Workers do not spin: measured on a loaded
-// 2-CPU VM, a worker spinning 15-50 us for its next task made apply() round trips 2-10x slower
-// (it takes the CPU its caller needs), while the waiter's short spin pays off.
+// A thread waiting for its own result watches its worker's count of messages sent for this long
+// before it sleeps (a quick task's result then costs it no wake-up); a worker whose results went
+// out watches the pool's count for its next message as long (see SpinScore). A sleeping reader
+// is woken by an inter-CPU interrupt, which costs tens of microseconds on a VM, on both sides:
+// with both spinning, an apply() round trip is two writes and two reads. An earlier worker spin
+// that always polled its pipe made round trips on a loaded 2-CPU VM 2-10x slower (it took the
+// CPU its caller needed): SpinScore stops the spin where it does not pay off.
 constexpr auto kWaiterSpin = std::chrono::microseconds(20);
+constexpr std::int64_t kWorkerSpinNs = 20'000;
 // Results wait at most this long for the rest of their batch.
 constexpr std::int64_t kFlushAfterNs = 200'000;
 
@@ -297,16 +362,22 @@ void pool_worker_main(Connection conn, Connection pool_end, std::int64_t pool_pi
     init();
   }
   conn.send_bytes(std::string_view("k"));
+  announce(slot.get_obj().results_sent);
   const int parent_sentinel = pool_process.get();
 
   TaskHeaderCache task;
   ResultBatch results;
   std::int64_t done = 0;
+  std::int64_t last_run_ns = 0, tiny_chunks = 0;  // which chunks' serialization is measured
   bool stop = false;
+  std::int64_t received = 0;  // messages read: the pool announces in the slot how many it wrote
+  SpinScore spin;
+  auto& my_slot = slot.get_obj();
   while (!stop) {
-    if (!conn.poll(Duration(0))) {
-      results.flush(conn);
-      {
+    // received can pass the count for a moment: a message read (after poll) before its announce.
+    if (load(my_slot.messages_sent) <= received) {
+      results.flush(conn, my_slot);
+      if (!spin_until([&] { return load(my_slot.messages_sent) > received; }, kWorkerSpinNs, spin)) {
         auto ready = connection::wait({connection::Waitable(conn), connection::Waitable(parent_sentinel)});
         bool conn_ready = false;
         for (auto& w : ready) conn_ready = conn_ready || w.fileno() == conn.fileno();
@@ -324,6 +395,7 @@ void pool_worker_main(Connection conn, Connection pool_end, std::int64_t pool_pi
     } catch (const std::system_error&) {
       return;  // ECONNRESET: the pool's process died with our results unread
     }
+    ++received;
     if (msg.empty()) continue;
     if (msg[0] == std::byte{'s'}) break;
     std::span<const std::byte> rest(msg);
@@ -347,7 +419,7 @@ void pool_worker_main(Connection conn, Connection pool_end, std::int64_t pool_pi
         pool_append(results.out, error);
         results.end_record(at, 'e', 0);
       }
-      results.flush(conn);
+      results.flush(conn, my_slot);
       done += count;
       if (maxtasks > 0 && done >= maxtasks) break;
       continue;
@@ -364,8 +436,12 @@ void pool_worker_main(Connection conn, Connection pool_end, std::int64_t pool_pi
         if (size > rest.size()) throw std::invalid_argument("mp: malformed pool task message (chunk size)");
         auto items = rest.first(static_cast<std::size_t>(size));
         rest = rest.subspan(static_cast<std::size_t>(size));
+        g_serialize_weight = last_run_ns >= kLongChunkNs             ? 1
+                             : ++tiny_chunks % kSerializeSample == 0 ? kSerializeSample
+                                                                     : 0;
         task.runner()(task.fn(), items, results.out);
-        results.end_record(at, 'r', now_ns() - t0);
+        last_run_ns = now_ns() - t0;
+        results.end_record(at, 'r', last_run_ns);
       } catch (...) {
         results.out.resize(at + 17);
         pool_append(results.out, describe_current_exception(typeid(PoolRunner)));
@@ -375,10 +451,10 @@ void pool_worker_main(Connection conn, Connection pool_end, std::int64_t pool_pi
         stop = true;
         break;
       }
-      if (now_ns() - results.first_ns > kFlushAfterNs) results.flush(conn);
+      if (now_ns() - results.first_ns > kFlushAfterNs) results.flush(conn, my_slot);
     }
   }
-  results.flush(conn);
+  results.flush(conn, my_slot);
   if (has_exit) {
     // Its result goes to the pool ('x'), which keeps it for Pool::exit_results().
     try {
@@ -387,6 +463,7 @@ void pool_worker_main(Connection conn, Connection pool_end, std::int64_t pool_pi
       Bytes r = hook();
       out.insert(out.end(), r.begin(), r.end());
       conn.send_bytes(out);
+      announce(my_slot.results_sent);
     } catch (const std::exception& e) {
       log.error(std::string("pool worker exit hook failed: ") + e.what());
     }
@@ -417,9 +494,11 @@ std::string describe_exit(std::optional<int> code) {
   return "exited with code " + std::to_string(*code);
 }
 
-// The prefetch rule: a worker holding a message gets more (up to kMaxMessages) only when its
-// chunks are all small enough to sit in the socket buffers, so a send never blocks on a busy
-// worker; the prefetch keeps a worker busy while the dispatcher is waking up to hand it more.
+// The prefetch rule: a worker holding a message gets more (up to kMaxMessages) only while all
+// its chunks sent and unanswered fit in half its pipe's send buffer (at least kMaxMessages x
+// kPrefetchLimit), so a send never blocks on a busy worker; the prefetch keeps a worker busy
+// while the dispatcher is waking up to hand it more (large chunks too: map() of a million ints
+// cuts 500 kB chunks, and a worker waiting for its next one idled ~15% of the time).
 constexpr std::size_t kPrefetchLimit = 16 * 1024;
 constexpr int kMaxMessages = 4;
 // A batch of tiny chunks grows up to this many chunks (doubling while they run under
@@ -462,10 +541,13 @@ struct Pool::Impl final : detail::PoolWaiter {
     std::int64_t sent = 0;      // chunks sent
     std::int64_t answered = 0;  // chunks whose results arrived
     int messages = 0;           // messages whose last chunk is unanswered
+    std::size_t prefetch_bytes = 0;  // the prefetch rule's limit (see kPrefetchLimit)
     std::atomic<bool> ready{false};  // its initializer ran ('k' arrived)
     std::atomic<bool> eof{false};    // its pipe closed or failed: nothing more is sent or read
     bool dead = false;               // its sentinel fired: nothing more is sent (under mutex)
     std::mutex read_mutex;           // one reader of its pipe at a time
+    std::atomic<std::int64_t> results_read{0};  // messages read from its pipe (written under read_mutex)
+    detail::SpinScore spin;  // whether a thread waiting for its results spins first
     std::atomic<bool> direct{false}; // a thread waiting for its result reads its pipe
     std::int64_t soft_signalled = -1;  // the task whose soft limit was signalled (dispatcher)
     std::optional<std::int64_t> timed_out;  // the chunk it was killed for (hard limit)
@@ -488,6 +570,7 @@ struct Pool::Impl final : detail::PoolWaiter {
   // The progress display (progress_fd >= 0), under mutex: chunks submitted and completed since the
   // pool was last idle, when that run started, and when the line was last written.
   int progress_fd = -1;
+  bool progress_insights = false;  // the line also shows PoolInsights::shares()
   std::int64_t progress_submitted = 0, progress_done = 0;
   bool progress_shown_done = true;
   std::chrono::steady_clock::time_point progress_start, progress_last;
@@ -507,8 +590,16 @@ struct Pool::Impl final : detail::PoolWaiter {
   int next_number = 1;
   Connection wake_read, wake_write;
   std::atomic<bool> wake_pending{false};
+  // The dispatcher and its wake pipe start with the first submit (or at once for
+  // interrupt_on_sigint): a pool that is only started and joined (or that waits long before its
+  // first task) costs no thread, and its workers get 's' straight from close(). Set under mutex,
+  // after wake_read and wake_write.
+  std::atomic<bool> dispatcher_started{false};
   std::thread dispatcher;
   std::mutex join_mutex;
+  bool stopped_inline = false;  // under join_mutex: shut_down() ran on a caller's thread (no dispatcher)
+  bool stop_sent = false;       // under mutex: close() sent 's' to every worker (no dispatcher)
+  int owner_pid = 0;            // the process that made the pool: the only one that may stop its workers
   // The "mpi" context: the tasks run on MPI ranks (src/mpi/); no local workers, no dispatcher.
   std::shared_ptr<detail::mpi::PoolBackend> mpi;
 
@@ -522,7 +613,7 @@ struct Pool::Impl final : detail::PoolWaiter {
       processes = mpi->processes();
       return;
     }
-    processes = options.processes.value_or(cpu_count());
+    processes = options.processes ? *options.processes : cpu_count();  // cpu_count() reads /proc and /sys
     if (processes < 1) throw std::invalid_argument("mp: Pool: the number of processes must be at least 1");
     if (options.maxtasksperchild) {
       if (*options.maxtasksperchild < 1) throw std::invalid_argument("mp: Pool: maxtasksperchild must be at least 1");
@@ -534,6 +625,7 @@ struct Pool::Impl final : detail::PoolWaiter {
     worker_state = options.worker_state;
     worker_exit = options.worker_exit;
     progress_fd = options.progress_fd;
+    progress_insights = options.progress_insights;
     stats.resize(static_cast<std::size_t>(processes));
     stats_alive.resize(static_cast<std::size_t>(processes), Duration(0));
     for (int i = 0; i < processes; ++i) stats[static_cast<std::size_t>(i)].worker_id = i;
@@ -542,11 +634,26 @@ struct Pool::Impl final : detail::PoolWaiter {
       (void)detail::posix::take_sigint();
       ++sigint_users();
     }
+    owner_pid = detail::posix::current_pid();
+    for (int i = 0; i < processes; ++i) start_worker(i);
+    if (sigint_fd >= 0) {
+      std::lock_guard lock(mutex);
+      start_dispatcher_locked();
+    }
+  }
+
+  // Under mutex.
+  void start_dispatcher_locked() {
+    if (dispatcher_started.load(std::memory_order_relaxed)) return;
     auto [r, w] = Pipe(false);
     wake_read = std::move(r);
     wake_write = std::move(w);
-    for (int i = 0; i < processes; ++i) start_worker(i);
-    dispatcher = std::thread([this] { run(); });
+    // Wait until the thread is registered fork-safe: a fork start right after this call must not
+    // count it as a foreign thread and warn.
+    std::latch registered(1);
+    dispatcher = std::thread([this, &registered] { run(registered); });
+    registered.wait();
+    dispatcher_started.store(true, std::memory_order_release);
   }
 
   ~Impl() override {
@@ -593,6 +700,13 @@ struct Pool::Impl final : detail::PoolWaiter {
     w->process.start();
     child_end.close();
     w->conn = std::move(parent_end);
+    try {
+      w->prefetch_bytes = static_cast<std::size_t>(detail::posix::send_buffer_size(w->conn.fileno())) / 2;
+    } catch (const std::exception&) {
+    }
+    // At most 1 MiB: with Connection's records of at most 512 kB, a few records in all, below the
+    // receive queue's limit on messages (net.unix.max_dgram_qlen, 10 by default).
+    w->prefetch_bytes = std::clamp(w->prefetch_bytes, detail::kPrefetchLimit * detail::kMaxMessages, std::size_t{1} << 20);
     auto& log = get_logger();
     if (log.is_enabled_for(levels::debug)) {
       const bool replacement = w->number > processes;
@@ -608,23 +722,34 @@ struct Pool::Impl final : detail::PoolWaiter {
     workers.push_back(std::move(w));
   }
 
+  // What a worker's process reported in its slot: it stops counting when it dies.
+  static Duration serializing(Worker& w) {
+    return std::chrono::nanoseconds(detail::load(w.slot.get_obj().serializing_ns));
+  }
+
   // Under mutex: a worker's time alive after it became ready ends (it died or the pool stopped).
   void retire_locked(Worker& w) {
     if (!w.ready || static_cast<std::size_t>(w.id) >= stats.size()) return;
     stats_alive[static_cast<std::size_t>(w.id)] +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - w.ready_at);
+    stats[static_cast<std::size_t>(w.id)].serializing += serializing(w);
     w.ready = false;
   }
 
   PoolInsights insights() const {
     std::lock_guard lock(mutex);
+    return insights_locked();
+  }
+  PoolInsights insights_locked() const {
     PoolInsights out;
     out.workers = stats;
     auto now = std::chrono::steady_clock::now();
     for (std::size_t i = 0; i < stats.size(); ++i) {
       Duration alive = stats_alive[i];
       for (auto& w : workers) {
-        if (static_cast<std::size_t>(w->id) == i && w->ready) alive += std::chrono::duration<double>(now - w->ready_at);
+        if (static_cast<std::size_t>(w->id) != i || !w->ready) continue;
+        alive += std::chrono::duration<double>(now - w->ready_at);
+        out.workers[i].serializing += serializing(*w);
       }
       out.workers[i].waiting = std::max(Duration(0), alive - out.workers[i].working);
     }
@@ -632,6 +757,7 @@ struct Pool::Impl final : detail::PoolWaiter {
   }
 
   void wake() {
+    if (!dispatcher_started.load(std::memory_order_acquire)) return;  // nobody to wake
     if (!wake_pending.exchange(true)) {
       try {
         wake_write.send_bytes(std::string_view("w"));
@@ -666,6 +792,7 @@ struct Pool::Impl final : detail::PoolWaiter {
       return mpi->submit(std::move(job), std::move(chunks), after_close);
     }
     auto header = header_for(*job);
+    if (!dispatcher_started.load(std::memory_order_acquire)) read_ready_messages();
     bool queued = false;
     bool wake_for_limits = false;  // the dispatcher watches the clock of tasks with limits
     {
@@ -674,6 +801,7 @@ struct Pool::Impl final : detail::PoolWaiter {
         if (state == State::terminated || joining || !job->lazy_input)
           throw std::logic_error("mp: Pool not running (it was closed or terminated)");
       }
+      start_dispatcher_locked();  // first: a thread that cannot start leaves nothing queued
       if (job->soft_time_limit || job->time_limit || soft_time_limit || time_limit) wake_for_limits = true;
       if (job->lazy_input) {
         std::erase_if(lazy_jobs, [](const std::weak_ptr<detail::PoolJob>& j) { return j.expired(); });
@@ -681,7 +809,8 @@ struct Pool::Impl final : detail::PoolWaiter {
           lazy_jobs.push_back(job);
       }
       if (progress_fd >= 0) {
-        if (progress_done == progress_submitted) {
+        // A new run starts once the last one's "done" line is out; until then the line goes on.
+        if (progress_done == progress_submitted && progress_shown_done) {
           progress_submitted = progress_done = 0;
           progress_start = std::chrono::steady_clock::now();
         }
@@ -698,17 +827,58 @@ struct Pool::Impl final : detail::PoolWaiter {
     if (queued || wake_for_limits) wake();
   }
 
-  bool is_dispatcher_thread() const { return std::this_thread::get_id() == dispatcher.get_id(); }
+  // Before the dispatcher runs, the first submit reads the workers' ready messages ('k') that
+  // have arrived, so that it hands those workers their first chunks itself (the dispatcher,
+  // started by this submit, would take a thread start and two turns to do it).
+  void read_ready_messages() {
+    std::vector<std::shared_ptr<Worker>> ws;
+    {
+      std::lock_guard lock(mutex);
+      ws = workers;
+    }
+    for (auto& w : ws) {
+      if (announced(*w) <= w->results_read.load(std::memory_order_relaxed)) continue;
+      Completions done;
+      {
+        std::lock_guard read_lock(w->read_mutex);
+        read_locked(*w, false, done, true);
+      }
+      deliver(done);
+    }
+  }
+
+  bool is_dispatcher_thread() const {
+    return dispatcher_started.load(std::memory_order_acquire) && std::this_thread::get_id() == dispatcher.get_id();
+  }
 
   void close() {
     get_logger().debug("closing pool");
     {
       std::lock_guard lock(mutex);
       if (state == State::running) state = State::closed;
+      // Never given a task: nothing can come any more (a submit after close() needs an imap
+      // started before), so the workers may leave now, while the caller goes on to join().
+      if (!mpi && state == State::closed && !dispatcher_started.load(std::memory_order_relaxed) && !stop_sent &&
+          owner_pid == detail::posix::current_pid()) {
+        stop_sent = true;
+        for (auto& w : workers) send_stop(*w);
+      }
     }
     if (mpi) return mpi->close();
     wake();
   }
+
+  void send_stop(Worker& w) {
+    if (w.eof) return;
+    try {
+      w.conn.send_bytes(std::string_view("s"));
+      detail::announce(w.slot.get_obj().messages_sent);
+    } catch (...) {
+    }
+  }
+
+  // How many messages w announced: those beyond results_read are in its pipe.
+  static std::int64_t announced(Worker& w) { return detail::load(w.slot.get_obj().results_sent); }
 
   void terminate() {
     get_logger().debug("terminating pool");
@@ -737,7 +907,15 @@ struct Pool::Impl final : detail::PoolWaiter {
 
   void join_dispatcher() {
     std::lock_guard lock(join_mutex);
-    if (dispatcher.joinable()) dispatcher.join();
+    if (dispatcher_started.load(std::memory_order_acquire)) {
+      if (dispatcher.joinable()) dispatcher.join();
+      return;
+    }
+    // No dispatcher was started (no task was ever submitted; none can be now, the state is not
+    // running): this thread stops the workers, once, and only in the pool's own process.
+    if (stopped_inline || owner_pid != detail::posix::current_pid()) return;
+    stopped_inline = true;
+    shut_down();
   }
 
   // ---- sending ----
@@ -746,9 +924,10 @@ struct Pool::Impl final : detail::PoolWaiter {
     if (!w.ready || w.eof || w.dead) return false;
     if (maxtasks > 0 && w.sent >= maxtasks) return false;
     if (w.in_flight.empty()) return true;
-    if (w.messages >= detail::kMaxMessages || size > detail::kPrefetchLimit) return false;
-    return std::all_of(w.in_flight.begin(), w.in_flight.end(),
-                       [](const Chunk& c) { return c.chunk.items.size() <= detail::kPrefetchLimit; });
+    if (w.messages >= detail::kMaxMessages) return false;
+    std::size_t pending = size;
+    for (auto& c : w.in_flight) pending += c.chunk.items.size();
+    return pending <= w.prefetch_bytes;
   }
 
   // Sends the first chunk of the queue to w, with the next ones of the same job when they are
@@ -779,6 +958,7 @@ struct Pool::Impl final : detail::PoolWaiter {
     }
     try {
       w.conn.send_bytes(msg);
+      detail::announce(w.slot.get_obj().messages_sent);
     } catch (const std::exception&) {
       // The worker is gone: the chunks never reached it and stay queued. Its pipe is still read
       // to the end (results it sent before dying are there), so this is not eof.
@@ -908,15 +1088,27 @@ struct Pool::Impl final : detail::PoolWaiter {
       std::lock_guard read_lock(w.read_mutex);
       read_locked(w, drain, done);
     }
+    deliver(done);
+  }
+  // Completes the chunks read; the progress line's "done" goes out before the caller wakes, so
+  // that what the caller prints next does not land in the middle of the line.
+  void deliver(Completions& done) {
+    if (progress_fd >= 0 && !done.records.empty()) show_progress();
     done.deliver();
   }
-  void read_locked(Worker& w, bool drain, Completions& done) {
+  // announced_only: only the messages the worker announced in its slot (no poll; EOF and a message
+  // not yet counted are left to the dispatcher, which polls the pipe).
+  void read_locked(Worker& w, bool drain, Completions& done, bool announced_only = false) {
     int resets = 0;
     for (int n = 0; n < 256 || drain; ++n) {
       if (w.eof) return;
       Bytes msg;
       try {
-        if (!drain && !w.conn.poll(Duration(0))) return;  // another thread took it
+        // results_read can pass the count for a moment: a message read (after poll) before its
+        // announce. A read of an announced message never blocks.
+        if (!drain && w.results_read.load(std::memory_order_relaxed) >= announced(w) &&
+            (announced_only || !w.conn.poll(Duration(0))))
+          return;  // nothing more, or another thread took it
         msg = w.conn.recv_bytes();
       } catch (const std::system_error& e) {
         // A worker that died with chunks unread in its socket makes the kernel report
@@ -928,6 +1120,7 @@ struct Pool::Impl final : detail::PoolWaiter {
         w.eof = true;
         return;
       }
+      w.results_read.fetch_add(1, std::memory_order_relaxed);
       handle(w, std::move(msg), done);
     }
   }
@@ -957,7 +1150,8 @@ struct Pool::Impl final : detail::PoolWaiter {
     // and the dispatcher delivers the result.
     try {
       auto start = std::chrono::steady_clock::now();
-      auto spin_until = start + detail::kWaiterSpin;
+      auto spin_end = start + detail::kWaiterSpin;
+      auto news = [&w] { return announced(*w) > w->results_read.load(std::memory_order_relaxed); };
       while (!done(ctx)) {
         {
           std::lock_guard lock(mutex);
@@ -968,22 +1162,32 @@ struct Pool::Impl final : detail::PoolWaiter {
         auto now = std::chrono::steady_clock::now();
         if (deadline && now >= *deadline) return;
         if (now - start > detail::kHelpLimit) return;
+        if (now < spin_end) {
+          // The worker's count of messages sent, watched without a syscall or a lock; once the
+          // spin is over (or declined), this thread sleeps in poll.
+          auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(spin_end - now).count();
+          if (!detail::spin_until(news, left, w->spin)) spin_end = now;
+        }
         bool readable;
         Completions arrived;
         {
           // Under the read lock: shut_down() closes the pipe under it, after setting eof.
           std::lock_guard read_lock(w->read_mutex);
           if (w->eof) return;
-          if (now < spin_until) {
-            readable = w->conn.poll(Duration(0));
+          if (news()) {
+            readable = true;
+            read_locked(*w, false, arrived, true);
+          } else if (std::chrono::steady_clock::now() < spin_end) {
+            readable = false;  // another thread took it: look again
           } else {
+            now = std::chrono::steady_clock::now();
             auto slice = std::chrono::duration_cast<std::chrono::steady_clock::duration>(detail::kHelpSlice);
             if (deadline) slice = std::min(slice, *deadline - now);
-            readable = w->conn.poll(std::chrono::duration<double>(slice));
+            readable = w->conn.poll(std::chrono::duration<double>(std::max(slice, decltype(slice)::zero())));
+            if (readable) read_locked(*w, false, arrived);
           }
-          if (readable) read_locked(*w, false, arrived);
         }
-        arrived.deliver();
+        deliver(arrived);
         if (readable) {
           std::lock_guard lock(mutex);
           if (!queue.empty()) assign_locked(false);
@@ -1145,16 +1349,20 @@ struct Pool::Impl final : detail::PoolWaiter {
       double rate = elapsed > 0 ? static_cast<double>(progress_done) / elapsed : 0.0;
       char buf[160];
       if (finished) {
-        std::snprintf(buf, sizeof buf, "\r[pool] %lld/%lld tasks, %.1f tasks/s, done in %.1f s        \n",
+        std::snprintf(buf, sizeof buf, "\r[pool] %lld/%lld tasks, %.1f tasks/s, done in %.1f s",
                       static_cast<long long>(progress_done), static_cast<long long>(progress_submitted), rate, elapsed);
         progress_shown_done = true;
       } else {
         double eta = rate > 0 ? static_cast<double>(progress_submitted - progress_done) / rate : 0.0;
-        std::snprintf(buf, sizeof buf, "\r[pool] %lld/%lld tasks, %.1f tasks/s, ETA %.1f s        ",
+        std::snprintf(buf, sizeof buf, "\r[pool] %lld/%lld tasks, %.1f tasks/s, ETA %.1f s",
                       static_cast<long long>(progress_done), static_cast<long long>(progress_submitted), rate, eta);
         next = now + detail::kProgressEvery;
       }
       line = buf;
+      if (progress_insights) {
+        if (auto time_shares = insights_locked().shares(); !time_shares.empty()) line += " | " + time_shares;
+      }
+      line += finished ? "        \n" : "        ";
     }
     try {
       detail::posix::write_all(progress_fd, std::as_bytes(std::span(line.data(), line.size())));
@@ -1173,9 +1381,10 @@ struct Pool::Impl final : detail::PoolWaiter {
     for (auto& c : left) c.job->chunk_failed(c.chunk.index, error);
   }
 
-  void run() {
+  void run(std::latch& registered) {
     // Holds no lock across a fork: a fork child is safe with this thread running.
     detail::ForkSafeThread fork_safe;
+    registered.count_down();
     try {
       loop();
     } catch (const std::exception& e) {
@@ -1188,6 +1397,11 @@ struct Pool::Impl final : detail::PoolWaiter {
 
   void loop() {
     bool restart_failed = false;
+    // A worker that cannot start is retried every 100 ms, but logged once and then at most every
+    // kStartErrorLogEvery (the retries may go on for as long as the pool runs).
+    std::optional<std::chrono::steady_clock::time_point> start_error_logged;
+    constexpr auto kStartErrorLogEvery = std::chrono::seconds(5);
+    std::vector<char> busy;
     while (true) {
       State s = current_state();
       if (s == State::terminated) return;
@@ -1202,7 +1416,12 @@ struct Pool::Impl final : detail::PoolWaiter {
         try {
           start_worker(free_id());
         } catch (const std::exception& e) {
-          get_logger().error(std::string("pool could not start a worker: ") + e.what());
+          auto now = std::chrono::steady_clock::now();
+          if (!start_error_logged || now - *start_error_logged >= kStartErrorLogEvery) {
+            start_error_logged = now;
+            get_logger().error(std::string("pool could not start a worker: ") + e.what() +
+                               " (retried every 100 ms, logged every 5 s at most)");
+          }
           restart_failed = true;
           // With no worker left, the queued tasks would wait for one forever: they fail with
           // the reason (e.g. ForkWithThreadsError); later tasks try again.
@@ -1219,13 +1438,14 @@ struct Pool::Impl final : detail::PoolWaiter {
       waitables.reserve(1 + 2 * workers.size());
       waitables.emplace_back(wake_read);
       if (sigint_fd >= 0) waitables.emplace_back(sigint_fd);
-      for (auto& w : workers) {
-        bool busy;
-        {
-          std::lock_guard lock(mutex);  // submitting threads send to workers too
-          busy = !w->in_flight.empty();
-        }
-        if (soft_time_limit || time_limit || busy) {
+      busy.assign(workers.size(), 0);
+      {
+        std::lock_guard lock(mutex);  // submitting threads send to workers too
+        for (std::size_t i = 0; i < workers.size(); ++i) busy[i] = !workers[i]->in_flight.empty();
+      }
+      for (std::size_t i = 0; i < workers.size(); ++i) {
+        auto& w = workers[i];
+        if (soft_time_limit || time_limit || busy[i]) {
           if (auto t = check_limits(*w)) wake_at = wake_at ? std::min(*wake_at, *t) : *t;
         }
         if (w->direct) {
@@ -1281,12 +1501,13 @@ struct Pool::Impl final : detail::PoolWaiter {
     bool terminated = current_state() == State::terminated;
     auto& log = get_logger();
     if (!terminated) {
-      for (auto& w : workers) {
-        if (w->eof) continue;
-        try {
-          w->conn.send_bytes(std::string_view("s"));
-        } catch (...) {
-        }
+      bool sent;
+      {
+        std::lock_guard lock(mutex);
+        sent = stop_sent;
+      }
+      if (!sent) {
+        for (auto& w : workers) send_stop(*w);
       }
     } else {
       for (auto& w : workers) {
@@ -1401,28 +1622,48 @@ std::vector<Bytes> Pool::exit_results_bytes() const {
   return impl_->exit_results;
 }
 
+WorkerInsights PoolInsights::total() const {
+  WorkerInsights sum;
+  sum.worker_id = -1;
+  for (auto& w : workers) {
+    sum.starts += w.starts;
+    sum.chunks += w.chunks;
+    sum.start_up += w.start_up;
+    sum.working += w.working;
+    sum.serializing += w.serializing;
+    sum.waiting += w.waiting;
+  }
+  return sum;
+}
+
+std::string PoolInsights::shares() const {
+  auto sum = total();
+  double alive = sum.working.count() + sum.waiting.count();
+  if (alive <= 0) return {};
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "working %.0f%% (serializing %.0f%%), waiting %.0f%%",
+                100.0 * sum.working.count() / alive, 100.0 * sum.serializing.count() / alive,
+                100.0 * sum.waiting.count() / alive);
+  return buf;
+}
+
 std::string PoolInsights::summary() const {
   auto ms = [](Duration d) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.1f ms", d.count() * 1e3);
     return std::string(buf);
   };
+  auto line = [&](const WorkerInsights& w) {
+    return std::to_string(w.chunks) + " chunks, start-up " + ms(w.start_up) + ", working " + ms(w.working) +
+           " (serializing " + ms(w.serializing) + "), waiting " + ms(w.waiting);
+  };
   std::string out = "pool insights: " + std::to_string(workers.size()) + " workers\n";
-  WorkerInsights total;
   for (auto& w : workers) {
     out += "  worker " + std::to_string(w.worker_id) + " (pid " + std::to_string(w.pid) + ", " + std::to_string(w.starts) +
-           " start(s)): " + std::to_string(w.chunks) + " chunks, start-up " + ms(w.start_up) + ", working " +
-           ms(w.working) + ", waiting " + ms(w.waiting) + "\n";
-    total.chunks += w.chunks;
-    total.start_up += w.start_up;
-    total.working += w.working;
-    total.waiting += w.waiting;
+           " start(s)): " + line(w) + "\n";
   }
-  double busy = total.working.count() + total.waiting.count();
-  char pct[32];
-  std::snprintf(pct, sizeof pct, "%.0f%%", busy > 0 ? 100.0 * total.working.count() / busy : 0.0);
-  out += "  total: " + std::to_string(total.chunks) + " chunks, start-up " + ms(total.start_up) + ", working " +
-         ms(total.working) + " (" + pct + " of the workers' time), waiting " + ms(total.waiting) + "\n";
+  out += "  total: " + line(total()) + "\n";
+  if (auto time_shares = shares(); !time_shares.empty()) out += "  of the workers' time: " + time_shares + "\n";
   return out;
 }
 

@@ -81,8 +81,8 @@ void throw_bad_variant_index(const std::type_info& type, std::int32_t index, std
                               " alternatives)");
 }
 
-void throw_bad_monostate(unsigned value, std::size_t offset) {
-  throw std::invalid_argument("invalid std::monostate byte " + std::to_string(value) + " at offset " +
+void throw_bad_empty_value(const char* type, unsigned value, std::size_t offset) {
+  throw std::invalid_argument("invalid " + std::string(type) + " byte " + std::to_string(value) + " at offset " +
                               std::to_string(offset) + " (must be 0)");
 }
 

@@ -24,9 +24,10 @@
 // queue.Full, as mp::BrokenBarrierError for threading.BrokenBarrierError, otherwise as RemoteError
 // whose type_name() is the Python type ("ValueError") and what() "ValueError: msg".
 //
-// SyncManager serves CPython's typeids (all but Pool), the waiting ones (Queue.get, Lock.acquire,
-// Condition.wait, Event.wait, Barrier.wait) waiting in the manager without holding up its other
-// clients. Proxies convert to pickle::Value as CPython's pickled proxies (BaseProxy::reduce), so
+// SyncManager serves CPython's typeids, the waiting ones (Queue.get, Lock.acquire,
+// Condition.wait, Event.wait, Barrier.wait, Pool.map) waiting in the manager without holding up
+// its other clients. Pool and a Barrier's action run C++ code named by code reference (see
+// PoolProxy), so they serve C++ clients of the same build only. Proxies convert to pickle::Value as CPython's pickled proxies (BaseProxy::reduce), so
 // they can be stored in a manager's dict or sent to a CPython process, which gets a working proxy.
 // A failure of the manager itself ('#TRACEBACK': unknown object, name not exposed, bad request)
 // is RemoteError with type_name() "RemoteError" and traceback() the server's text. A manager that
@@ -40,17 +41,22 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <ranges>
+#include <span>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
 #include <typeinfo>
 #include <stdexcept>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include <multiprocessing/base.hpp>
 #include <multiprocessing/connection.hpp>
 #include <multiprocessing/pickle.hpp>
+#include <multiprocessing/pool.hpp>
 
 namespace mp {
 
@@ -471,6 +477,77 @@ namespace detail::managers {
 inline pickle::Value timeout_value(const Timeout& timeout) {
   return timeout ? pickle::Value(timeout->count()) : pickle::Value();
 }
+/// Code crossing to a C++ manager (a Barrier's action, a manager Pool's task): a function of this
+/// binary named by (module, build id, offset), as a spawn child finds its target; the manager must
+/// run the same build. code_ref_bytes: std::invalid_argument when address is not code.
+Bytes code_ref_bytes(std::uintptr_t address);
+/// In the manager: the address again; std::invalid_argument when the bytes name no function of
+/// this build.
+std::uintptr_t resolve_code_ref_bytes(std::span<const std::byte> ref);
+template <class F>
+pickle::Value code_ref_value(F* f) {
+  return f == nullptr ? pickle::Value() : pickle::Value(code_ref_bytes(reinterpret_cast<std::uintptr_t>(f)));
+}
+
+/// Runs in the manager, on the manager's Pool: the typed call the client instantiated for its
+/// task's types (the client names this instantiation by code reference). args is the encoded
+/// arguments; the result is the encoded std::variant<result, TaskError>.
+using PoolEntry = Bytes (*)(Pool& pool, ErasedFn fn, std::span<const std::byte> args);
+template <class Out>
+using PoolOutcome = std::variant<PoolStored<Out>, TaskError>;
+
+template <class Fn>
+Fn pool_task_from(ErasedFn erased) {
+  if constexpr (std::is_pointer_v<Fn>) {
+    return reinterpret_cast<Fn>(erased);
+  } else {
+    (void)erased;
+    return Fn{};  // stateless: any instance will do
+  }
+}
+template <class Out, class Call>
+Bytes pool_outcome(const std::type_info& task, Call call) {
+  PoolOutcome<Out> outcome;
+  try {
+    if constexpr (std::is_void_v<Out>) {
+      call();
+      outcome.template emplace<0>();
+    } else {
+      outcome.template emplace<0>(call());
+    }
+  } catch (...) {
+    outcome.template emplace<1>(describe_current_exception(task));
+  }
+  return mp::dumps(outcome);
+}
+/// map (kStar false) and starmap (kStar true): args is (items, chunksize).
+template <class Fn, class Item, bool kStar>
+Bytes pool_map_entry(Pool& pool, ErasedFn erased, std::span<const std::byte> args) {
+  using R = pool_result_t<Fn, Item, kStar>;
+  using Out = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
+  // (No structured bindings: a lambda may not capture them before C++20 compilers caught up.)
+  auto decoded = mp::loads<std::tuple<std::vector<Item>, std::uint64_t>>(args);
+  const std::vector<Item>& items = std::get<0>(decoded);
+  const auto chunksize = static_cast<std::size_t>(std::get<1>(decoded));
+  Fn fn = pool_task_from<Fn>(erased);
+  return pool_outcome<Out>(typeid(Fn), [&] {
+    if constexpr (kStar) {
+      return pool.starmap(fn, items, chunksize);
+    } else {
+      return pool.map(fn, items, chunksize);
+    }
+  });
+}
+/// apply: args is the tuple of arguments.
+template <class Fn, class Args>
+Bytes pool_apply_entry(Pool& pool, ErasedFn erased, std::span<const std::byte> args) {
+  using R = pool_result_t<Fn, Args, true>;
+  auto arguments = mp::loads<Args>(args);
+  Fn fn = pool_task_from<Fn>(erased);
+  return pool_outcome<R>(typeid(Fn), [&] {
+    return std::apply([&](auto&... a) { return pool.apply(fn, a...); }, arguments);
+  });
+}
 }  // namespace detail::managers
 
 /// A proxy of a manager's queue.Queue (Python: the AutoProxy of 'Queue' and 'JoinableQueue').
@@ -572,6 +649,81 @@ class BarrierProxy : public BaseProxy {
   bool broken() { return callmethod<bool>("__getattribute__", "broken"); }
 };
 
+/// A proxy of a C++ manager's Pool (Python: PoolProxy): an mp::Pool living in the manager process,
+/// whose workers are the manager's children. apply/map/starmap take the task forms mp::Pool takes
+/// (a function pointer, a captureless lambda, a stateless function object) and wait for the
+/// result; a task's exception arrives as mp::Pool's would. The task crosses by code reference, so
+/// the manager must run this same binary (Manager()/start() in this program, or a server of the
+/// same build): another build's manager refuses the call (RemoteError). CPython's
+/// apply_async/map_async/imap/imap_unordered are not served (call the proxy from a thread).
+class PoolProxy : public BaseProxy {
+  template <class F, class Item, bool kStar>
+  using result_t = detail::pool_result_t<std::decay_t<F>, Item, kStar>;
+  template <class R>
+  using map_out_t = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
+
+ public:
+  PoolProxy() = default;
+  explicit PoolProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+
+  /// f(args...) in one of the manager's workers, waiting for the result.
+  template <class F, class... A>
+  auto apply(F f, A&&... args) {
+    using Args = std::tuple<std::decay_t<A>...>;
+    using R = result_t<F, Args, true>;
+    check_task<F, Args, R>();
+    const Args arguments(std::forward<A>(args)...);
+    return run<R>("apply", &detail::managers::pool_apply_entry<std::decay_t<F>, Args>, f, mp::dumps(arguments));
+  }
+  /// f(x) for every x, in order (chunksize 0: as mp::Pool chooses it).
+  template <class F, class Range>
+  auto map(F f, const Range& iterable, std::size_t chunksize = 0) {
+    return map_impl<F, false>(f, iterable, chunksize, "map");
+  }
+  /// f(args...) for every tuple of arguments, in order.
+  template <class F, class Range>
+  auto starmap(F f, const Range& tuples, std::size_t chunksize = 0) {
+    return map_impl<F, true>(f, tuples, chunksize, "starmap");
+  }
+  /// As mp::Pool's: no more tasks; stop the workers now; wait for them (after close/terminate).
+  void close() { callmethod<void>("close"); }
+  void terminate() { callmethod<void>("terminate"); }
+  void join() { callmethod<void>("join"); }
+
+ private:
+  template <class F, class Item, class R>
+  static constexpr void check_task() {
+    using Fn = std::decay_t<F>;
+    constexpr bool is_function_pointer = std::is_pointer_v<Fn> && std::is_function_v<std::remove_pointer_t<Fn>>;
+    constexpr bool is_stateless = std::is_class_v<Fn> && std::is_empty_v<Fn> && std::is_default_constructible_v<Fn>;
+    static_assert(is_function_pointer || is_stateless,
+                  "mp::PoolProxy: a task crosses to the manager by name: use a function pointer, a captureless lambda "
+                  "or a default-constructible stateless function object");
+    static_assert(detail::is_serializable_v<Item>, "mp::PoolProxy: the task's arguments must be serializable by mp::dumps");
+    static_assert(std::is_void_v<R> || detail::is_serializable_v<R>,
+                  "mp::PoolProxy: the task's result must be void or serializable by mp::dumps");
+  }
+  template <class F, bool kStar, class Range>
+  auto map_impl(F f, const Range& iterable, std::size_t chunksize, std::string_view method) {
+    using Item = std::decay_t<std::ranges::range_reference_t<const Range&>>;
+    using R = result_t<F, Item, kStar>;
+    check_task<F, Item, R>();
+    std::vector<Item> items;
+    for (auto&& x : iterable) items.push_back(static_cast<const Item&>(x));
+    const Bytes args = mp::dumps(std::tuple<std::vector<Item>, std::uint64_t>(std::move(items), chunksize));
+    return run<map_out_t<R>>(method, &detail::managers::pool_map_entry<std::decay_t<F>, Item, kStar>, f, args);
+  }
+  template <class Out, class F>
+  Out run(std::string_view method, detail::managers::PoolEntry entry, F f, const Bytes& args) {
+    pickle::Value fn = pickle::Value();
+    if constexpr (std::is_pointer_v<std::decay_t<F>>) fn = detail::managers::code_ref_value(f);
+    const Bytes reply = callmethod<Bytes>(method, detail::managers::code_ref_value(entry), fn, args);
+    auto outcome = mp::loads<detail::managers::PoolOutcome<Out>>(reply);
+    if (outcome.index() == 1) std::rethrow_exception(detail::make_task_exception(std::get<1>(outcome)));
+    if constexpr (!std::is_void_v<Out>) return std::move(std::get<0>(outcome));
+  }
+};
+
 /// A proxy of a manager's Array (Python: ArrayProxy of an array.array).
 template <class T>
 class ArrayProxy : public BaseProxy {
@@ -593,10 +745,11 @@ class ArrayProxy : public BaseProxy {
 };
 
 /// CPython's SyncManager, with the typeids a C++ manager serves: dict, list, Namespace, Value,
-/// Queue, JoinableQueue, Lock, RLock, Semaphore, BoundedSemaphore, Condition, Event, Barrier and
-/// Array (same names, methods and exposed lists as CPython's, so a Python client's m.dict() or
-/// m.Queue() works on it; Pool is not served). As a client it also reaches a CPython SyncManager's typeids with
-/// create("Queue") etc. and callmethod().
+/// Queue, JoinableQueue, Lock, RLock, Semaphore, BoundedSemaphore, Condition, Event, Barrier,
+/// Array and Pool (same names, methods and exposed lists as CPython's, so a Python client's
+/// m.dict() or m.Queue() works on it; Pool and a Barrier's action run C++ code, so they are for
+/// C++ clients of the same build). As a client it also reaches a CPython SyncManager's typeids
+/// with create("Queue") etc. and callmethod().
 class SyncManager : public BaseManager {
  public:
   explicit SyncManager(std::optional<connection::Address> address = std::nullopt,
@@ -629,6 +782,21 @@ class SyncManager : public BaseManager {
   /// timeout: the default of wait() (Python's Barrier(parties, timeout=...)).
   BarrierProxy Barrier(int parties, Timeout timeout = std::nullopt) {
     return BarrierProxy(create("Barrier", parties, pickle::Value(), detail::managers::timeout_value(timeout)));
+  }
+  /// Python's Barrier(parties, action, timeout): action runs in the manager process, on the thread
+  /// of the last party to arrive, before any party is released (as threading.Barrier's). It is a
+  /// function of this binary named by code reference, so the manager must run this same build
+  /// (Manager()/start() in this program). When it throws, the barrier breaks: the last party gets
+  /// RemoteError with its message, the others BrokenBarrierError. null: no action.
+  BarrierProxy Barrier(int parties, void (*action)(), Timeout timeout = std::nullopt) {
+    return BarrierProxy(create("Barrier", parties, detail::managers::code_ref_value(action),
+                               detail::managers::timeout_value(timeout)));
+  }
+  /// A Pool of `processes` workers (default cpu_count()) living in the manager process (Python:
+  /// manager.Pool(processes)); start_method: its workers' ("" : the manager's default).
+  PoolProxy Pool(std::optional<int> processes = std::nullopt, const std::string& start_method = "") {
+    return PoolProxy(create("Pool", processes ? pickle::Value(*processes) : pickle::Value(),
+                            start_method.empty() ? pickle::Value() : pickle::Value(start_method)));
   }
   /// Python: manager.Array(typecode, [0] * n) with T's typecode.
   template <class T>

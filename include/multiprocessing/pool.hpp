@@ -60,6 +60,7 @@ struct PoolOptions {
   Bytes (*worker_exit)() = nullptr;  // runs in each worker that exits politely; see Pool::exit_results<T>()
   bool interrupt_on_sigint = false;  // SIGINT in this process terminates the pool (KeyboardInterrupt)
   int progress_fd = -1;  // >= 0: a one-line progress display (count, rate, ETA) written there, e.g. 2
+  bool progress_insights = false;  // the progress line also shows PoolInsights::shares() live
 
   /// Each worker receives value once (encoded by mp::dumps) and tasks read it with
   /// pool::worker_state<T>() instead of receiving it as an argument every time.
@@ -83,11 +84,17 @@ struct WorkerInsights {
   std::int64_t chunks = 0;   // chunks completed (tasks, with chunksize 1)
   Duration start_up{0};      // from start() to ready (initializer included), summed
   Duration working{0};       // running chunks, decoding and encoding included
+  Duration serializing{0};   // of working: decoding items and encoding results (sampled for tiny chunks)
   Duration waiting{0};       // alive but not working
 };
 struct PoolInsights {
   std::vector<WorkerInsights> workers;
-  /// A printed summary: one line per worker and the totals.
+  /// The sums over all workers (worker_id -1, pid 0).
+  WorkerInsights total() const;
+  /// "working 97% (serializing 3%), waiting 3%": shares of the workers' time alive; empty
+  /// before any worker is ready.
+  std::string shares() const;
+  /// A printed summary: one line per worker, the totals and their shares.
   std::string summary() const;
 };
 

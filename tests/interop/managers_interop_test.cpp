@@ -250,6 +250,13 @@ except threading.BrokenBarrierError:
 assert bar.broken
 bar.reset()
 assert not bar.broken
+# A Python action cannot run in a C++ manager: refused at creation (the pickled callable is not
+# loaded), and the manager goes on.
+try:
+    m.Barrier(2, action=print)
+    sys.exit('a Python action was accepted by a C++ manager')
+except Exception as exc:
+    assert 'print' in str(exc) or 'builtins' in str(exc), exc
 a = m.Array('i', [1, 2, 3])
 assert len(a) == 3 and a[1] == 2
 a[1] = 5

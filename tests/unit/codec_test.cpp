@@ -319,6 +319,7 @@ TEST(Codec, optional_variant_pair_tuple_monostate_round_trip) {
   EXPECT_EQ(round_trip(std::tuple<>{}), std::tuple<>{});
   EXPECT_EQ(round_trip(std::monostate{}), std::monostate{});
   EXPECT_EQ(round_trip(std::vector<std::monostate>(5)), std::vector<std::monostate>(5));
+  EXPECT_EQ(round_trip(std::vector<std::tuple<>>(5)), std::vector<std::tuple<>>(5));  // a call without arguments
 }
 
 TEST(Codec, nested_values_round_trip) {
@@ -478,6 +479,9 @@ TEST(Codec, a_variant_index_out_of_range_is_refused) {
       load_error(concat({le<std::int32_t>(9), le<std::int32_t>(0)}), [](auto d) { mp::loads<V>(d); });
   EXPECT_NE(what.find("variant index 9"), std::string::npos) << what;
   EXPECT_THROW(mp::loads<std::monostate>(le<std::uint8_t>(1)), std::invalid_argument);
+  EXPECT_THROW(mp::loads<std::tuple<>>(le<std::uint8_t>(1)), std::invalid_argument);
+  // An empty value takes a byte, so a count of them is bounded by the input like any other.
+  EXPECT_THROW(mp::loads<std::vector<std::tuple<>>>(le<std::uint64_t>(std::uint64_t{1} << 60)), std::invalid_argument);
 }
 
 TEST(Codec, errors_name_the_type_and_the_problem) {

@@ -4,13 +4,18 @@
 #include <multiprocessing/context.hpp>
 #include <multiprocessing/process.hpp>
 #include <multiprocessing/reduction.hpp>
+#include <multiprocessing/sharedctypes.hpp>
 
 #include <gtest/gtest.h>
+
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <future>
+#include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -328,6 +333,36 @@ TEST(ManagerFaults, AClientThatSendsJunkAndVanishesDoesNotDisturbTheOthers) {
     c.callmethod<void>("add", 3);
     EXPECT_EQ(c.callmethod<int>("get"), 3);
   }
+}
+
+TEST(ManagerFaults, ClientsThatStallBeforeOrInTheirFirstRequestDoNotHoldUpTheOthersOrShutdown) {
+  auto server = std::make_unique<ThreadServer>();
+  ThreadServer& s = *server;
+  mp::connection::Options o;
+  o.authkey = mp::bytes("secret");
+  // Authenticated, then silent; and authenticated, then half a request (a header announcing 100
+  // bytes, and 3 of them). Both stay connected while another client is served.
+  mp::Connection silent = mp::connection::Client(s.manager.address(), o);
+  mp::Connection partial = mp::connection::Client(s.manager.address(), o);
+  const unsigned char half[] = {0, 0, 0, 100, 0x80, 0x04, 0x95};
+  ASSERT_EQ(::write(partial.fileno(), half, sizeof half), static_cast<ssize_t>(sizeof half));
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    mp::BaseManager client(s.manager.address(), mp::bytes("secret"));
+    mp::BaseProxy c = client.create("Counter");
+    c.callmethod<void>("add", 3);
+    EXPECT_EQ(c.callmethod<int>("get"), 3);
+    EXPECT_EQ(client.number_of_objects(), 1);
+  }
+  // Well within the handshake timeout (10 s) that a stalled client could otherwise cost.
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  // Shutdown ends the threads of the stalled clients while they are still connected.
+  auto stopped = std::async(std::launch::async, [&server] { server.reset(); });
+  const bool in_time = stopped.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
+  EXPECT_TRUE(in_time) << "shutdown waited for a client stalled in its first request";
+  silent.close();
+  partial.close();  // (lets a stuck server end, so that the test fails rather than hangs)
+  stopped.get();
 }
 
 }  // namespace
@@ -775,6 +810,136 @@ TEST(SyncManagerWaiting, AConditionOverALockOfTheManagerSharesThatLock) {
   }
   auto q = m.Queue<int>();
   EXPECT_THROW(m.create("Condition", q), mp::RemoteError);  // TypeError: not a lock
+}
+
+// ---- Barrier(parties, action) and Pool: C++ code run in the manager process ----
+
+// Where a Barrier's action (run in the manager process) leaves its mark: shared memory made
+// before the manager forks, so both processes see it.
+mp::RawValue<std::int64_t>* g_action_runs = nullptr;
+mp::RawValue<std::int64_t>* g_action_pid_slot = nullptr;
+
+void count_barrier_action() {
+  ++g_action_runs->get_obj();
+  g_action_pid_slot->set_value(static_cast<std::int64_t>(mp::current_process().pid().value_or(0)));
+}
+void throwing_barrier_action() { throw std::runtime_error("action refused"); }
+
+TEST(SyncManagerBarrierAction, TheActionRunsInTheManagerOnceARoundBeforeThePartiesGo) {
+  mp::RawValue<std::int64_t> runs(0), pid(0);
+  g_action_runs = &runs;
+  g_action_pid_slot = &pid;
+  mp::SyncManager m = mp::Manager();
+  auto b = m.Barrier(2, &count_barrier_action);
+  for (int round = 1; round <= 2; ++round) {
+    mp::Process p(mp::get_context("fork"), [b]() mutable {
+      if (b.wait(30s) < 0) throw std::runtime_error("bad index");
+    });
+    p.start();
+    EXPECT_GE(b.wait(30s), 0);
+    // Whoever came last ran the action before either party returned.
+    EXPECT_EQ(runs.value(), round);
+    ASSERT_TRUE(p.join(mp::Duration(30.0)));
+    EXPECT_EQ(p.exitcode(), 0);
+  }
+  // In the manager process: neither this process nor the child.
+  EXPECT_NE(pid.value(), 0);
+  EXPECT_NE(pid.value(), static_cast<std::int64_t>(mp::current_process().pid().value_or(0)));
+  EXPECT_FALSE(b.broken());
+  m.shutdown();
+  g_action_runs = nullptr;
+  g_action_pid_slot = nullptr;
+}
+
+TEST(SyncManagerBarrierAction, AnActionThatThrowsBreaksTheBarrierForEveryParty) {
+  mp::SyncManager m = mp::Manager();
+  auto b = m.Barrier(1, &throwing_barrier_action);
+  try {
+    b.wait(30s);
+    ADD_FAILURE() << "the action's exception did not reach the last party";
+  } catch (const mp::RemoteError& e) {
+    EXPECT_NE(std::string(e.what()).find("action refused"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(b.broken());
+  EXPECT_THROW(b.wait(1s), mp::BrokenBarrierError);
+  // Without an action (null) it is a plain barrier.
+  auto plain = m.Barrier(1, static_cast<void (*)()>(nullptr));
+  EXPECT_EQ(plain.wait(1s), 0);
+}
+
+TEST(SyncManagerBarrierAction, AnActionThatIsNotCodeOfThisBuildIsRefused) {
+  mp::SyncManager m = mp::Manager();
+  EXPECT_THROW(m.create("Barrier", 2, mp::bytes("not a code reference")), mp::RemoteError);
+  EXPECT_THROW(m.create("Barrier", 2, 42), mp::RemoteError);  // a Python callable cannot run here either
+  EXPECT_EQ(m.number_of_objects(), 0);
+}
+
+std::int64_t square(std::int64_t x) { return x * x; }
+std::int64_t add(std::int64_t a, std::int64_t b) { return a + b; }
+std::int64_t worker_pid(int) { return static_cast<std::int64_t>(mp::current_process().pid().value_or(0)); }
+std::int64_t refuse(std::int64_t x) {
+  if (x == 3) throw std::out_of_range("three is out of range");
+  return x;
+}
+void nothing(std::int64_t) {}
+
+TEST(SyncManagerPool, APoolInTheManagerMapsAppliesAndStarmapsTasks) {
+  mp::SyncManager m = mp::Manager();
+  mp::PoolProxy pool = m.Pool(2);
+  EXPECT_EQ(pool.map(&square, std::vector<std::int64_t>{1, 2, 3, 4}), (std::vector<std::int64_t>{1, 4, 9, 16}));
+  EXPECT_EQ(pool.map(&square, std::vector<std::int64_t>{}), std::vector<std::int64_t>{});
+  EXPECT_EQ(pool.map(&square, std::vector<std::int64_t>{5, 6, 7}, 1), (std::vector<std::int64_t>{25, 36, 49}));
+  EXPECT_EQ(pool.apply(&add, 2, 40), 42);
+  using Pair = std::tuple<std::int64_t, std::int64_t>;
+  EXPECT_EQ(pool.starmap(&add, std::vector<Pair>{{1, 2}, {3, 4}}), (std::vector<std::int64_t>{3, 7}));
+  // A captureless lambda crosses as its type, as with mp::Pool.
+  EXPECT_EQ(pool.map([](std::int64_t x) { return x + 1; }, std::vector<std::int64_t>{1, 2}),
+            (std::vector<std::int64_t>{2, 3}));
+  pool.map(&nothing, std::vector<std::int64_t>{1, 2});  // void tasks: map returns nothing
+  // The tasks run in the pool's workers: not here.
+  EXPECT_NE(pool.apply(&worker_pid, 0), static_cast<std::int64_t>(mp::current_process().pid().value_or(0)));
+}
+
+TEST(SyncManagerPool, ATaskErrorArrivesAsMpPoolWouldRaiseIt) {
+  mp::SyncManager m = mp::Manager();
+  auto pool = m.Pool(1);
+  try {
+    pool.map(&refuse, std::vector<std::int64_t>{1, 2, 3});
+    ADD_FAILURE() << "no exception";
+  } catch (const std::out_of_range& e) {
+    EXPECT_NE(std::string(e.what()).find("three is out of range"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(pool.apply(&refuse, 2), 2);  // the pool goes on
+  pool.close();
+  pool.join();
+  EXPECT_THROW(pool.apply(&refuse, 1), std::logic_error);  // closed, as mp::Pool's
+}
+
+TEST(SyncManagerPool, APoolProxyWorksFromAnotherProcessAndGoesWithItsLastReference) {
+  mp::SyncManager m = mp::Manager();
+  {
+    auto pool = m.Pool(1);
+    EXPECT_EQ(m.number_of_objects(), 1);
+    mp::Process p(mp::get_context("fork"), [pool]() mutable {
+      if (pool.apply(&square, 9) != 81) throw std::runtime_error("wrong result");
+    });
+    p.start();
+    ASSERT_TRUE(p.join(mp::Duration(60.0)));
+    EXPECT_EQ(p.exitcode(), 0);
+  }
+  EXPECT_EQ(m.number_of_objects(), 0);  // the pool (and its workers) went with the proxy
+}
+
+TEST(SyncManagerPool, CallsThatAreNotCodeReferencesOfThisBuildAreRefused) {
+  mp::SyncManager m = mp::Manager();
+  auto pool = m.Pool(1);
+  // What a Python client's PoolProxy sends (a callable and a list) cannot run in a C++ manager.
+  EXPECT_THROW(pool.callmethod<void>("map", 1, std::vector<int>{1}), mp::RemoteError);
+  EXPECT_THROW(pool.callmethod<void>("apply", mp::bytes("garbage"), mp::pickle::Value(), mp::bytes("x")), mp::RemoteError);
+  EXPECT_THROW(pool.callmethod<void>("imap", 1), mp::RemoteError);  // not exposed
+  EXPECT_THROW(m.create("Pool", 0), mp::RemoteError);                 // ValueError
+  EXPECT_THROW(m.create("Pool", "two"), mp::RemoteError);             // TypeError
+  EXPECT_EQ(pool.apply(&add, 1, 1), 2);  // the pool is still fine
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cerrno>
 #include <csignal>
 #include <fstream>
 #include <numeric>
@@ -17,6 +18,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -52,6 +54,7 @@ int checks_soft_limit(int) {
   return 0;
 }
 int my_worker_id(int) { return mp::pool::worker_id(); }
+std::size_t size_of(const std::vector<int>& v) { return v.size(); }
 int kill_on_5(int x) {
   if (x == 5) ::raise(SIGKILL);
   return mp::pool::worker_id();
@@ -285,6 +288,19 @@ TEST_P(PoolOptionsTest, insights_count_the_chunks_and_print_a_summary) {
   EXPECT_NE(text.find("total: 20 chunks"), std::string::npos) << text;
 }
 
+TEST_P(PoolOptionsTest, insights_measure_the_time_spent_decoding_the_items_in_the_workers) {
+  mp::Pool pool(options(GetParam(), 2));
+  // 40 chunks of one 4 MB vector each: decoding them takes the workers measurable time.
+  std::vector<std::vector<int>> items(40, std::vector<int>(1 << 20, 7));
+  auto sizes = pool.map(size_of, items, 1);
+  ASSERT_EQ(sizes.size(), 40u);
+  auto total = pool.insights().total();
+  EXPECT_EQ(total.chunks, 40);
+  EXPECT_GT(total.serializing.count(), 0.0);
+  EXPECT_LE(total.serializing.count(), total.working.count());
+  EXPECT_NE(pool.insights().summary().find("serializing"), std::string::npos);
+}
+
 TEST_P(PoolOptionsTest, workers_ignore_sigint) {
   mp::Pool pool(options(GetParam(), 2));
   EXPECT_EQ(pool.apply(square, 2), 4);
@@ -334,10 +350,10 @@ TEST_P(PoolOptionsTest, sigint_in_the_parent_stops_a_map_with_keyboard_interrupt
   EXPECT_EQ(now.sa_handler, before.sa_handler);
 }
 
-TEST_P(PoolOptionsTest, the_progress_display_counts_the_tasks_and_ends_with_done) {
+// Runs 30 tasks of 10 ms with the progress display on a pipe; returns what was written there.
+std::string progress_of_a_map(mp::PoolOptions o) {
   int fds[2];
-  ASSERT_EQ(::pipe(fds), 0);
-  mp::PoolOptions o = options(GetParam(), 2);
+  if (::pipe(fds) != 0) throw std::system_error(errno, std::generic_category(), "pipe");
   o.progress_fd = fds[1];
   std::string text;
   {
@@ -356,9 +372,24 @@ TEST_P(PoolOptionsTest, the_progress_display_counts_the_tasks_and_ends_with_done
   }
   ::close(fds[0]);
   ::close(fds[1]);
+  return text;
+}
+
+TEST_P(PoolOptionsTest, the_progress_display_counts_the_tasks_and_ends_with_done) {
+  auto text = progress_of_a_map(options(GetParam(), 2));
   EXPECT_NE(text.find("30/30 tasks"), std::string::npos) << text;
   EXPECT_NE(text.find("done in"), std::string::npos) << text;
   EXPECT_NE(text.find("ETA"), std::string::npos) << text;  // at least one line while it ran (300 ms)
+  EXPECT_EQ(text.find("| working"), std::string::npos) << text;
+}
+
+TEST_P(PoolOptionsTest, the_progress_display_shows_the_insights_when_asked) {
+  mp::PoolOptions o = options(GetParam(), 2);
+  o.progress_insights = true;
+  auto text = progress_of_a_map(o);
+  EXPECT_NE(text.find("30/30 tasks"), std::string::npos) << text;
+  EXPECT_NE(text.find("| working "), std::string::npos) << text;
+  EXPECT_NE(text.find("(serializing "), std::string::npos) << text;
 }
 
 // A waiting get() may run the call's callback on its own thread: terminate() from there must not

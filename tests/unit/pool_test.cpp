@@ -122,6 +122,10 @@ TEST_P(PoolTest, starmap_apply_and_stateless_objects_work) {
   EXPECT_EQ(pool.apply(repeat, std::string("ab"), 3), "ababab");
   EXPECT_EQ(pool.map(Doubler{}, std::vector<int>{1, 2}), (std::vector<int>{2, 4}));
   EXPECT_EQ(pool.apply([](int a) { return a - 1; }, 10), 9);
+  // Without arguments (each item is a std::tuple<>).
+  EXPECT_EQ(pool.apply([] { return 7; }), 7);
+  EXPECT_EQ(pool.apply_async([] { return 8; }).get(), 8);
+  EXPECT_EQ(pool.starmap([] { return 9; }, std::vector<std::tuple<>>(3)), (std::vector<int>{9, 9, 9}));
 }
 
 TEST_P(PoolTest, void_tasks_complete) {

@@ -72,8 +72,8 @@ std::string type_name(const std::type_info& type);
 /// std::invalid_argument: a variant index out of range.
 [[noreturn]] void throw_bad_variant_index(const std::type_info& type, std::int32_t index,
                                           std::size_t alternatives, std::size_t offset);
-/// std::invalid_argument: a monostate byte that is not 0.
-[[noreturn]] void throw_bad_monostate(unsigned value, std::size_t offset);
+/// std::invalid_argument: the byte of an empty value (std::monostate, std::tuple<>) is not 0.
+[[noreturn]] void throw_bad_empty_value(const char* type, unsigned value, std::size_t offset);
 /// std::invalid_argument: bytes left over after a whole value was read.
 [[noreturn]] void throw_trailing(const std::type_info& type, std::size_t used, std::size_t total);
 /// Rethrows the exception being handled (call it only inside a catch block) as
@@ -222,6 +222,8 @@ struct min_encoded_size<std::pair<A, B>>
 template <class... Ts>
 struct min_encoded_size<std::tuple<Ts...>>
     : std::integral_constant<std::size_t, (std::size_t{0} + ... + min_encoded_size<Ts>::value)> {};
+template <>
+struct min_encoded_size<std::tuple<>> : std::integral_constant<std::size_t, 1> {};
 template <class T, std::size_t N>
 struct min_encoded_size<std::array<T, N>> : std::integral_constant<std::size_t, N * min_encoded_size<T>::value> {};
 
@@ -293,7 +295,20 @@ inline void CEREAL_SERIALIZE_FUNCTION_NAME(CodecOutputArchive& ar, const std::mo
 inline void CEREAL_SERIALIZE_FUNCTION_NAME(CodecInputArchive& ar, std::monostate&) {
   const std::size_t at = ar.offset();
   const auto byte = static_cast<unsigned>(*ar.take(1));
-  if (byte != 0) throw_bad_monostate(byte, at);
+  if (byte != 0) throw_bad_empty_value("std::monostate", byte, at);
+}
+
+// ---- std::tuple<> (a call without arguments): one zero byte too, for the same reason ----
+// (non-template: preferred over cereal's `template <class Archive, class... T> serialize(Archive&, tuple<T...>&)`)
+
+inline void CEREAL_SERIALIZE_FUNCTION_NAME(CodecOutputArchive& ar, std::tuple<>&) {
+  const std::uint8_t zero = 0;
+  ar.save_bytes(&zero, 1);
+}
+inline void CEREAL_SERIALIZE_FUNCTION_NAME(CodecInputArchive& ar, std::tuple<>&) {
+  const std::size_t at = ar.offset();
+  const auto byte = static_cast<unsigned>(*ar.take(1));
+  if (byte != 0) throw_bad_empty_value("std::tuple<>", byte, at);
 }
 
 // ---- fast paths: strings and vectors (more specialized than cereal's, so they win) ----

@@ -112,7 +112,26 @@ class Cursor {
   explicit Cursor(std::span<const std::byte> data) noexcept
       : p_(reinterpret_cast<const unsigned char*>(data.data())),
         size_(data.size()),
-        budget_((std::size_t{1} << 20) + 64 * data.size()) {}
+        budget_((std::size_t{1} << 20) + 64 * data.size()) {
+    // The memo's buffer is the thread's, kept from one loads to the next: growing it anew each
+    // time was a chain of allocations per call (and each one over 1 KiB makes malloc merge the
+    // small blocks a std::map just freed, which its next build then splits again).
+    Spare& s = spare();
+    if (!s.busy) {
+      s.busy = true;
+      owns_spare_ = true;
+      memo_.swap(s.memo);
+    }
+  }
+  ~Cursor() {
+    if (!owns_spare_) return;
+    Spare& s = spare();
+    s.busy = false;
+    memo_.clear();
+    if (memo_.capacity() <= kKeepMemo) memo_.swap(s.memo);
+  }
+  Cursor(const Cursor&) = delete;
+  Cursor& operator=(const Cursor&) = delete;
 
   /// PROTO (optional).
   bool start() {
@@ -323,11 +342,22 @@ class Cursor {
     return true;
   }
 
+  struct Spare {
+    std::vector<Entry> memo;
+    bool busy = false;  // a Cursor of this thread has it (one inside a conversion takes its own)
+  };
+  static Spare& spare() noexcept {
+    static thread_local Spare s;
+    return s;
+  }
+  static constexpr std::size_t kKeepMemo = 1 << 16;  // entries
+
   const unsigned char* p_;
   std::size_t size_;
   std::size_t pos_ = 0;
   std::size_t budget_;  // elements memo references may still produce (as check_expansion counts)
   std::vector<Entry> memo_;
+  bool owns_spare_ = false;
 };
 
 /// Reads x with the Cursor when Convert<T> has a read().

@@ -101,11 +101,22 @@ struct WorkerSlot {
   std::int64_t tasks_started = 0;
   std::int64_t task_started_ns = 0;  // steady_clock
   std::int64_t soft_expired_task = -1;
+  std::int64_t serializing_ns = 0;  // decoding items and encoding results, summed (insights)
+  // Messages written to each end of the worker's pipe, counted after each write: a side waiting
+  // for the other spins on these words before it sleeps in poll (src/pool.cpp), and reads what
+  // they announce without polling first.
+  std::int64_t messages_sent = 0;  // by the pool, to the worker
+  std::int64_t results_sent = 0;   // by the worker, to the pool
 };
 
 /// In a worker: a task of the running chunk is about to start (per-task time limits and
 /// insights read what this records). Does nothing in the pool's own process.
 void pool_task_started() noexcept;
+
+/// In a worker: a decoding or encoding phase of the running chunk starts; returns 0 when this
+/// chunk's serialization is not measured (see pool.cpp). Pass the result to pool_serialize_end.
+std::int64_t pool_serialize_begin() noexcept;
+void pool_serialize_end(std::int64_t begin) noexcept;
 
 template <class Fn, class Item, bool kStar>
 void pool_runner(ErasedFn erased, std::span<const std::byte> data, Bytes& out) {
@@ -118,7 +129,9 @@ void pool_runner(ErasedFn erased, std::span<const std::byte> data, Bytes& out) {
       return Fn{};  // stateless: any instance will do
     }
   }();
+  auto decoding = pool_serialize_begin();
   auto items = mp::loads<std::vector<Item>>(data);
+  pool_serialize_end(decoding);
   // The common case first: every call succeeds, and the results go out as one vector (a block
   // copy for arithmetic results). On the first exception, switch to a variant per item.
   std::vector<PoolStored<R>> values;
@@ -150,12 +163,14 @@ void pool_runner(ErasedFn erased, std::span<const std::byte> data, Bytes& out) {
       mixed.emplace_back(std::in_place_index<1>, describe_current_exception(typeid(Fn)));
     }
   }
+  auto encoding = pool_serialize_begin();
   out.push_back(all_ok ? std::byte{0} : std::byte{1});
   if (all_ok) {
     pool_append(out, values);
   } else {
     pool_append(out, mixed);
   }
+  pool_serialize_end(encoding);
 }
 
 /// A chunk's results as a worker sent them: all values, or a value or error per item.
