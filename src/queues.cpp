@@ -119,8 +119,11 @@ struct alignas(64) Side {
   RobustMutex mutex;
   // The commit in progress: the position and item count about to be published. A process that
   // dies between publishing pos and items leaves them here for the next locker to finish.
+  // pending_valid is 0 while the two are being written: a holder killed between them (a window
+  // of an instruction, wider under sanitizers) left a position and a count of different commits.
   std::uint64_t pending_pos;
   std::uint64_t pending_items;
+  std::uint32_t pending_valid;
   std::uint64_t other_pos;  // the other side's position as last read (a bound: it only grows)
   std::uint64_t oob_id;     // producers: the next out-of-line id; consumers: the last taken + 1
   std::uint64_t oob_bytes;  // producers: out-of-line bytes committed in all; consumers: taken
@@ -248,12 +251,15 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
 
  private:
   bool lock(Side& side, const Published& pub, const posix::Deadline& deadline);
-  static void finish_dead_commit(const Side& side, Published& pub) noexcept;
+  static void finish_dead_commit(Side& side, Published& pub) noexcept;
   static void unlock(Side& side) noexcept { robust_unlock(side.mutex); }
   // Publishes a side's new count and position (the position is the commit).
   static void publish(Side& side, Published& pub, std::uint64_t pos, std::uint64_t items) noexcept {
+    std::atomic_ref(side.pending_valid).store(0, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);  // before the new pending values
     side.pending_pos = pos;
     side.pending_items = items;
+    std::atomic_ref(side.pending_valid).store(1, std::memory_order_release);
     // The count first, so that an item that can be taken is already counted (task_done() checks
     // against it). With the armed word read after the unlock (wake_armed), a Dekker pair against a
     // waiter that arms and then reads the position (wait_loop): the store must be ordered before
@@ -408,9 +414,11 @@ bool QueueCore::lock(Side& side, const Published& pub, const posix::Deadline& de
   return true;
 }
 
-void QueueCore::finish_dead_commit(const Side& side, Published& pub) noexcept {
+void QueueCore::finish_dead_commit(Side& side, Published& pub) noexcept {
   // The dead holder may have published its count and not its position: the count follows the
-  // position (the commit), whichever of the two stores it died between.
+  // position (the commit), whichever of the two stores it died between. Pending values being
+  // written mean it died before publishing anything: the published pair is consistent.
+  if (std::atomic_ref(side.pending_valid).load(std::memory_order_acquire) == 0) return;
   const bool committed = pub.pos.load(std::memory_order_relaxed) == side.pending_pos;
   pub.items.store(committed ? side.pending_items : side.pending_items - 1, std::memory_order_release);
 }
