@@ -22,6 +22,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 
@@ -315,12 +316,36 @@ int find_module(dl_phdr_info* info, std::size_t, void* data) {
   return 1;
 }
 
+// dl_iterate_phdr holds the loader's lock, which glibc (2.36) does not reset in a fork child: a
+// fork taken while another thread of ours is in it gives a child whose first code reference
+// waits for good (seen: a pool's dispatcher forking a replacement worker while the caller made a
+// task header). Our walks therefore hold a mutex that every fork takes first.
+std::mutex& phdr_walk_mutex() {
+  static std::mutex m;
+  static const bool fork_takes_it = [] {
+    try {
+      at_fork([] { phdr_walk_mutex().lock(); }, [] { phdr_walk_mutex().unlock(); },
+              [] { phdr_walk_mutex().unlock(); });
+      return true;
+    } catch (...) {
+      return false;  // ENOMEM: walks are then only as safe as glibc makes them
+    }
+  }();
+  (void)fork_takes_it;
+  return m;
+}
+
+void walk_modules(int (*visit)(dl_phdr_info*, std::size_t, void*), void* data) {
+  std::lock_guard lock(phdr_walk_mutex());
+  ::dl_iterate_phdr(visit, data);
+}
+
 }  // namespace
 
 CodeRef code_ref_of(std::uintptr_t address) {
   FindAddress f;
   f.address = address;
-  ::dl_iterate_phdr(find_address, &f);
+  walk_modules(find_address, &f);
   if (!f.found) throw std::invalid_argument("mp: a code address outside every loaded module cannot cross to a child");
   return f.ref;
 }
@@ -328,7 +353,7 @@ CodeRef code_ref_of(std::uintptr_t address) {
 std::uintptr_t resolve_code_ref(const CodeRef& ref) {
   FindModule f;
   f.ref = &ref;
-  ::dl_iterate_phdr(find_module, &f);
+  walk_modules(find_module, &f);
   std::string what = ref.module.empty() ? std::string("the main executable") : "module " + ref.module;
   if (!f.found) throw std::runtime_error("mp: the child cannot find " + what + " of its parent");
   if (!f.error.empty()) throw std::runtime_error("mp: in the child, " + what + " " + f.error);
