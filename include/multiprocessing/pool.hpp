@@ -429,10 +429,7 @@ class Pool {
  private:
   template <class F, class Item, class R>
   static constexpr void check_task() {
-    using Fn = std::decay_t<F>;
-    constexpr bool is_function_pointer = std::is_pointer_v<Fn> && std::is_function_v<std::remove_pointer_t<Fn>>;
-    constexpr bool is_stateless = std::is_class_v<Fn> && std::is_empty_v<Fn> && std::is_default_constructible_v<Fn>;
-    static_assert(is_function_pointer || is_stateless,
+    static_assert(detail::is_task_by_name_v<F>,
                   "mp::Pool: a task crosses to the workers by name: use a function pointer, a captureless lambda or "
                   "a default-constructible stateless function object");
     static_assert(detail::is_serializable_v<Item>, "mp::Pool: the task's arguments must be serializable by mp::dumps");

@@ -82,6 +82,13 @@ void pool_append(Bytes& out, const T& obj) {
 /// std::vector<std::variant<result, TaskError>> to out.
 using PoolRunner = void (*)(ErasedFn fn, std::span<const std::byte> items, Bytes& out);
 
+/// A task that crosses to another process by name: a function pointer, or a stateless function
+/// object (a captureless lambda) that the other side default-constructs.
+template <class F, class Fn = std::decay_t<F>>
+inline constexpr bool is_task_by_name_v =
+    (std::is_pointer_v<Fn> && std::is_function_v<std::remove_pointer_t<Fn>>) ||
+    (std::is_class_v<Fn> && std::is_empty_v<Fn> && std::is_default_constructible_v<Fn>);
+
 template <class Fn, class Item, bool kStar>
 auto pool_call(Fn& fn, Item& item) {
   if constexpr (kStar) {
