@@ -13,6 +13,7 @@
 #include "posix/fd.hpp"
 #include "posix/process.hpp"
 #include "posix/socket.hpp"
+#include "spin_score.hpp"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -90,17 +91,11 @@ struct MacCtxFree {
 
 // The longest allowed name (CPython's _MAX_DIGEST_LEN): '}' must come within 1 + this + 1 bytes.
 constexpr std::size_t kMaxDigestName = 8;
-// How long a handshake read retries before it sleeps, the spin score's start and cap, and how
-// often a wait spins when the score is zero (as Connection's adaptive spin, StreamReader::fill).
-constexpr auto kSpinBudget = std::chrono::microseconds(20);
-constexpr int kSpinStart = 4, kSpinMax = 16;
-constexpr unsigned kSpinProbe = 64;
-std::atomic<int> spin_score{kSpinStart};
-std::atomic<unsigned> spin_probe{0};
-
-bool should_spin() noexcept {
-  return spin_score.load(std::memory_order_relaxed) > 0 ||
-         spin_probe.fetch_add(1, std::memory_order_relaxed) % kSpinProbe == kSpinProbe - 1;
+// Whether a handshake read spins before it sleeps (src/spin_score.hpp). The process's, not the
+// handshake's: a handshake has only two or three waits to learn from.
+SpinScore& handshake_spin() {
+  static SpinScore score(64);
+  return score;
 }
 
 std::span<const std::byte> as_bytes(std::string_view s) {
@@ -411,23 +406,22 @@ class StreamReader {
     begin_ = 0;
   }
   // Reads what there is (at least one byte). A reply from a peer on another CPU usually comes
-  // within microseconds, and sleeping for it costs a wake-up by inter-CPU interrupt (~20 us on a
-  // VM, several per handshake): as Connection's reads do, retry a non-blocking read for up to
-  // kSpinBudget first, while that pays off. The score is the process's, not the handshake's (a
-  // handshake has only two or three waits to learn from): spins that catch the reply raise it,
-  // spins that do not (a slow peer, or both ends on one busy CPU, where spinning only keeps the
-  // peer from running) lower it twice as fast, and at zero a wait spins only every kSpinProbe.
+  // within microseconds, and sleeping for it costs a wake-up by inter-CPU interrupt (several per
+  // handshake): as Connection's reads do, retry a non-blocking read first while that pays off.
   void fill(std::size_t want, bool first) {
     auto room = std::span(buffer_.data() + end_, want);
     std::optional<std::size_t> got;
-    if (spin_ && should_spin()) {
+    if (spin_ && handshake_spin().should_spin()) {
       const auto until = std::chrono::steady_clock::now() + kSpinBudget;
       got = posix::try_recv_some(fd_, room);
       if (!got) {  // (a reply already there says nothing about spinning)
         while (!got && std::chrono::steady_clock::now() < until) got = posix::try_recv_some(fd_, room);
-        int score = spin_score.load(std::memory_order_relaxed);
-        spin_score.store(got ? std::min(score + 1, kSpinMax) : std::max(score - 2, 0), std::memory_order_relaxed);
-        if (!got) spin_ = false;  // (nor again in this handshake)
+        if (got) {
+          handshake_spin().caught();
+        } else {
+          handshake_spin().missed();
+          spin_ = false;  // (nor again in this handshake)
+        }
       }
     }
     // (Without a spin, wait first: the reply is rarely there already, and a read that finds

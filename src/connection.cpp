@@ -18,6 +18,7 @@
 
 #include "posix/fd.hpp"
 #include "posix/socket.hpp"
+#include "spin_score.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -49,12 +50,6 @@ constexpr std::size_t kInitialReserve = 16 << 20;
 constexpr std::size_t kHugeBuffer = 32 << 20;
 // Reusable buffers above this size are released after the message that grew them.
 constexpr std::size_t kKeepBuffer = 1 << 20;
-// Adaptive spinning before a blocking read (Impl::spin_for_message): how long one spin lasts,
-// the score a connection starts with and its cap, and how often a connection that stopped
-// spinning tries again.
-constexpr auto kSpinBudget = std::chrono::microseconds(20);
-constexpr int kSpinStart = 4, kSpinMax = 16;
-constexpr unsigned kSpinProbe = 256;
 // CPython writes lengths above this in the long form (ff ff ff ff + 8 bytes).
 constexpr std::uint64_t kShortMax = 0x7fffffff;
 
@@ -109,8 +104,7 @@ struct Connection::Impl {
   std::size_t record_size = 0;  // seqpacket writers: found on the first send
   Bytes scratch;                // receive buffer: the first record, typed payloads
   Bytes out;                    // typed send() encodes here
-  int spin_score = kSpinStart;  // > 0: spin before a blocking read (see spin_for_message)
-  unsigned spin_probe = 0;      // counts reads without spinning, to probe again now and then
+  detail::SpinScore spin;  // whether a blocking read spins first (see read_first)
 
   struct Header {
     std::uint64_t length;  // payload bytes
@@ -189,16 +183,13 @@ struct Connection::Impl {
     }
   }
 
-  // The read that waits for the next message, with adaptive spinning. A reader that sleeps is
-  // woken by an inter-CPU interrupt, which costs ~20 us on a VM; one that retries a non-blocking
-  // read for a few microseconds catches a quick reply without sleeping (measured: a cross-CPU
-  // 8-byte round trip falls from ~45 us to ~4 us). As an adaptive mutex does, it goes on spinning
-  // while spinning pays off and stops when it does not (a slow peer, or both processes on one CPU,
-  // where spinning only keeps the peer from running), probing again every kSpinProbe reads. A
-  // message that is already there costs no more than a plain read.
+  // The read that waits for the next message, with adaptive spinning (src/spin_score.hpp):
+  // retrying a non-blocking read for a few microseconds catches a quick reply without sleeping
+  // (measured: a cross-CPU 8-byte round trip falls from ~45 us to ~4 us). A message that is
+  // already there costs no more than a plain read.
   std::size_t read_first(std::span<std::byte> buf) {
-    if (kind != posix::FdKind::other && (spin_score > 0 || ++spin_probe % kSpinProbe == 0)) {
-      auto until = std::chrono::steady_clock::now() + kSpinBudget;
+    if (kind != posix::FdKind::other && spin.should_spin()) {
+      auto until = std::chrono::steady_clock::now() + detail::kSpinBudget;
       for (bool first_try = true;; first_try = false) {
         std::optional<std::size_t> n;
         if (kind == posix::FdKind::seqpacket) {
@@ -210,12 +201,12 @@ struct Connection::Impl {
           n = posix::try_recv_some(fd.get(), buf);
         }
         if (n) {
-          if (!first_try) spin_score = std::min(spin_score + 1, kSpinMax);
+          if (!first_try) spin.caught();
           return *n;
         }
         if (std::chrono::steady_clock::now() >= until) break;
       }
-      spin_score = std::max(spin_score - 2, 0);
+      spin.missed();
     }
     return read_into(buf);
   }

@@ -52,6 +52,7 @@
 
 #include "fork_safety.hpp"
 #include "pool_task_header.hpp"
+#include "spin_score.hpp"
 #include "posix/fd.hpp"
 #include "posix/futex.hpp"
 #include "posix/pool_signals.hpp"
@@ -184,36 +185,21 @@ void store(std::int64_t& word, std::int64_t v) { std::atomic_ref(word).store(v, 
 // may write to a worker, so the increment is atomic).
 void announce(std::int64_t& word) { std::atomic_ref(word).fetch_add(1, std::memory_order_release); }
 
-// Whether a side spins before it sleeps, as Connection's reads decide it (src/connection.cpp): it
-// goes on spinning while spinning pays off (the other side answers within the spin: it runs on
-// another CPU), stops after a few spins that ended in a sleep (a slow peer, or both sides on one
-// CPU, where spinning only keeps the peer from running), and probes again every kSpinProbe
-// waits. Spins do not yield: on a loaded machine a yield can hand the CPU to another process for
-// a whole time slice. Updated by any thread (relaxed; a lost update only moves a heuristic).
-constexpr int kSpinStart = 4, kSpinMax = 16;
-constexpr unsigned kSpinProbe = 256;
-struct SpinScore {
-  std::atomic<int> score{kSpinStart};
-  std::atomic<unsigned> probe{0};
-};
-
-// Waits up to spin_ns for ready() (true), spinning when the score allows it.
+// Waits up to spin_ns for ready() (true), spinning when the score allows it (src/spin_score.hpp).
 template <class Ready>
 bool spin_until(Ready ready, std::int64_t spin_ns, SpinScore& s) {
   if (ready()) return true;
-  if (s.score.load(std::memory_order_relaxed) <= 0 &&
-      (s.probe.fetch_add(1, std::memory_order_relaxed) + 1) % kSpinProbe != 0)
-    return false;
+  if (!s.should_spin()) return false;
   const std::int64_t start = now_ns();
   for (;;) {
     for (int i = 0; i < 8; ++i) posix::spin_pause();
     if (ready()) {
-      s.score.store(std::min(s.score.load(std::memory_order_relaxed) + 1, kSpinMax), std::memory_order_relaxed);
+      s.caught();
       return true;
     }
     if (now_ns() - start >= spin_ns) break;
   }
-  s.score.store(std::max(s.score.load(std::memory_order_relaxed) - 2, 0), std::memory_order_relaxed);
+  s.missed();
   return false;
 }
 }  // namespace
@@ -326,15 +312,13 @@ struct ResultBatch {
   }
 };
 
-// A thread waiting for its own result watches its worker's count of messages sent for this long
-// before it sleeps (a quick task's result then costs it no wake-up); a worker whose results went
-// out watches the pool's count for its next message as long (see SpinScore). A sleeping reader
-// is woken by an inter-CPU interrupt, which costs tens of microseconds on a VM, on both sides:
-// with both spinning, an apply() round trip is two writes and two reads. An earlier worker spin
-// that always polled its pipe made round trips on a loaded 2-CPU VM 2-10x slower (it took the
-// CPU its caller needed): SpinScore stops the spin where it does not pay off.
-constexpr auto kWaiterSpin = std::chrono::microseconds(20);
-constexpr std::int64_t kWorkerSpinNs = 20'000;
+// A thread waiting for its own result watches its worker's count of messages sent for
+// kSpinBudget before it sleeps (a quick task's result then costs it no wake-up); a worker whose
+// results went out watches the pool's count for its next message as long (see SpinScore). A
+// sleeping reader is woken by an inter-CPU interrupt, which costs tens of microseconds on a VM,
+// on both sides: with both spinning, an apply() round trip is two writes and two reads. An
+// earlier worker spin that always polled its pipe made round trips on a loaded 2-CPU VM 2-10x
+// slower (it took the CPU its caller needed): SpinScore stops the spin where it does not pay off.
 // Results wait at most this long for the rest of their batch.
 constexpr std::int64_t kFlushAfterNs = 200'000;
 
@@ -377,7 +361,8 @@ void pool_worker_main(Connection conn, Connection pool_end, std::int64_t pool_pi
     // received can pass the count for a moment: a message read (after poll) before its announce.
     if (load(my_slot.messages_sent) <= received) {
       results.flush(conn, my_slot);
-      if (!spin_until([&] { return load(my_slot.messages_sent) > received; }, kWorkerSpinNs, spin)) {
+      auto news = [&] { return load(my_slot.messages_sent) > received; };
+      if (!spin_until(news, std::chrono::nanoseconds(kSpinBudget).count(), spin)) {
         auto ready = connection::wait({connection::Waitable(conn), connection::Waitable(parent_sentinel)});
         bool conn_ready = false;
         for (auto& w : ready) conn_ready = conn_ready || w.fileno() == conn.fileno();
@@ -1150,7 +1135,7 @@ struct Pool::Impl final : detail::PoolWaiter {
     // and the dispatcher delivers the result.
     try {
       auto start = std::chrono::steady_clock::now();
-      auto spin_end = start + detail::kWaiterSpin;
+      auto spin_end = start + detail::kSpinBudget;
       auto news = [&w] { return announced(*w) > w->results_read.load(std::memory_order_relaxed); };
       while (!done(ctx)) {
         {

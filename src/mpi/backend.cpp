@@ -109,6 +109,10 @@ class Engine {
 
   std::shared_ptr<Channel> world_channel() {
     std::lock_guard lock(mutex_);
+    return world_channel_locked();
+  }
+  // Under mutex_.
+  std::shared_ptr<Channel> world_channel_locked() {
     if (!world_) {
       world_ = std::make_shared<Channel>();
       world_->comm = world_comm();
@@ -241,14 +245,7 @@ class Engine {
     {
       std::lock_guard lock(mutex_);
       stopped_ = true;
-      if (!world_ && world_comm() != MPI_COMM_NULL && world_size() > 1) {
-        world_ = std::make_shared<Channel>();
-        world_->comm = world_comm();
-        world_->first_rank = 1;
-        world_->load.assign(static_cast<std::size_t>(world_size() - 1), 0);
-        world_->big = world_->load;
-        channels_.push_back(world_);
-      }
+      if (world_comm() != MPI_COMM_NULL && world_size() > 1) (void)world_channel_locked();
       for (auto& ch : channels_) stop_channel_locked(ch);
     }
     double grace = 10;
