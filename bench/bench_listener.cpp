@@ -18,6 +18,9 @@
 #include <thread>
 #include <vector>
 
+// Defined in bench_main.cpp: whether --case selected this case.
+bool bench_case_selected(const std::string& only, const char* name);
+
 namespace bench_listener {
 namespace {
 
@@ -213,7 +216,7 @@ double raw_copy_of_pickle_size(long n) {
 void run(const std::string& only, bool quick) {
   const int reps = quick ? 1 : 5;
   auto scale = [&](long n) { return quick ? std::max(1L, n / 50) : n; };
-  auto selected = [&](const char* name) { return only.empty() || only == name; };
+  auto selected = [&](const char* name) { return bench_case_selected(only, name); };
   if (selected("auth_connect_unix")) {
     auto m = measure(reps, scale(2000), ours_auth_connect, raw_unix_connect);
     emit("auth_connect_unix", "us/connect", 1e6 * m.first, 1e6 * m.second);

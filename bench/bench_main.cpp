@@ -2,7 +2,8 @@
 // same operation in one run, and prints one JSON object per case on stdout. bench/run.py adds
 // CPython's figures (bench/cpython_bench.py) and prints the table.
 //
-//   mp_bench [--quick] [--case NAME]
+//   mp_bench [--quick] [--case NAME[,NAME...]]
+//   mp_bench --list        (the case names, one per line, in the order they run)
 #include <multiprocessing.hpp>
 
 #if __has_include(<boost/interprocess/ipc/message_queue.hpp>)
@@ -721,13 +722,32 @@ double ours_manager_start_shutdown(long n) {
 }
 
 }  // namespace
+
+namespace {
+bool list_only = false;  // --list: name the cases, run none
+}  // namespace
+
+// `only` is empty (every case) or a comma-separated list of case names (bench_listener.cpp uses it too).
+bool bench_case_selected(const std::string& only, const char* name) {
+  if (list_only) {
+    std::printf("%s\n", name);
+    return false;
+  }
+  if (only.empty()) return true;
+  for (std::size_t start = 0;;) {
+    const std::size_t end = only.find(',', start);
+    if (only.compare(start, end == std::string::npos ? std::string::npos : end - start, name) == 0) return true;
+    if (end == std::string::npos) return false;
+    start = end + 1;
+  }
+}
+
 namespace bench_listener {
 void run(const std::string& only, bool quick);
 }
+
 namespace {
-
-bool selected(const std::string& only, const char* name) { return only.empty() || only == name; }
-
+bool selected(const std::string& only, const char* name) { return bench_case_selected(only, name); }
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -737,6 +757,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
     if (std::strcmp(argv[i], "--case") == 0 && i + 1 < argc) only = argv[++i];
+    if (std::strcmp(argv[i], "--list") == 0) list_only = true;
   }
   const int reps = quick ? 1 : 5;
   auto scale = [&](long n) { return quick ? std::max(1L, n / 50) : n; };

@@ -361,8 +361,11 @@ def main():
     ]
     import cpython_bench_listener
     cases += cpython_bench_listener.cases(median_per_op, reps, scale)
+    if '--list' in sys.argv:
+        print('\n'.join(name for name, _, _ in cases))
+        return
     for name, unit, run in cases:
-        if only and only != name:
+        if only and name not in only.split(','):
             continue
         print(json.dumps({'case': name, 'unit': unit, 'cpython': run()}), flush=True)
 

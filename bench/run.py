@@ -2,7 +2,11 @@
 multiprocessing (cpython_bench.py, run with python3.11 when there is one), side by side in one run.
 Prints a table and writes the figures as JSON lines.
 
-    python3 bench/run.py --build BUILD_DIR [--json FILE] [--quick] [--case NAME]
+    python3 bench/run.py --build BUILD_DIR [--json FILE] [--quick] [--case NAME[,NAME...]]
+
+Each case runs in a fresh process on both sides (as pyperf does): a case must not pay for the
+memory an earlier case left in the process (a fork copies the page tables of everything held, and
+glibc keeps freed heap), nor profit from its warm caches.
 
 Columns: ours, CPython and raw in the case's unit; "vs CPython" is ours / CPython (for times,
 below 1 is faster than CPython; for rates, above 1 is faster); "of raw" is the fraction of the OS
@@ -31,13 +35,23 @@ def main():
     ap.add_argument('--quick', action='store_true')
     ap.add_argument('--case')
     args = ap.parse_args()
-    extra = (['--quick'] if args.quick else []) + (['--case', args.case] if args.case else [])
 
     python = shutil.which('python3.11') or shutil.which('python3') or sys.executable
     pyver = subprocess.run([python, '-c', 'import sys; print(sys.version.split()[0])'],
                            stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
-    ours = run_lines([os.path.join(args.build, 'bench', 'mp_bench')] + extra)
-    cpython = {r['case']: r['cpython'] for r in run_lines([python, os.path.join(HERE, 'cpython_bench.py')] + extra)}
+    mp_bench = os.path.join(args.build, 'bench', 'mp_bench')
+    cpython_bench = os.path.join(HERE, 'cpython_bench.py')
+    names = subprocess.run([mp_bench, '--list'], check=True, stdout=subprocess.PIPE, text=True).stdout.split()
+    if args.case:
+        names = [n for n in names if n in args.case.split(',')]
+    python_names = set(subprocess.run([python, cpython_bench, '--list'], check=True, stdout=subprocess.PIPE,
+                                      text=True).stdout.split())
+    quick = ['--quick'] if args.quick else []
+    ours, cpython = [], {}
+    for name in names:
+        ours += run_lines([mp_bench, '--case', name] + quick)
+        if name in python_names:
+            cpython.update({r['case']: r['cpython'] for r in run_lines([python, cpython_bench, '--case', name] + quick)})
 
     machine = f'{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, kernel {platform.release()}'
     print(f'benchmarks on {machine}; CPython {pyver} ({python})')
