@@ -698,12 +698,19 @@ std::shared_ptr<TypeInfo> array_type() {
 
 // ---- multiprocessing.pool.Pool (manager.Pool(processes)) ----
 // An mp::Pool in the manager process. Its calls come from a C++ PoolProxy as code references:
-// the entry (detail::managers::pool_map_entry / pool_apply_entry, instantiated by the client for
-// its task's types), the task when it is a function pointer, and the encoded arguments. The
-// manager resolves both in its own build (a spawn child finds its target the same way) and runs
-// the typed call on its pool; the reply is the encoded result or task error. Calls are not
-// serialized (a map waits for its workers while other clients use the pool), and a stopping
-// server terminates the pool, which fails the calls waiting on it.
+// the entry (detail::managers::pool_map_entry / pool_apply_entry / pool_*_async_entry /
+// pool_imap_entry, instantiated by the client for its task's types), the task when it is a
+// function pointer, and the encoded arguments. The manager resolves both in its own build (a spawn
+// child finds its target the same way) and runs the typed call on its pool; the reply is the
+// encoded result or task error. Calls are not serialized (a map waits for its workers while other
+// clients use the pool), and a stopping server terminates the pool, which fails the calls waiting
+// on it.
+//
+// apply_async/map_async/starmap_async make an 'AsyncResult' object and imap/imap_unordered an
+// 'IMapIterator' object (CPython's method_to_typeid), each holding the typed mp::AsyncResult or
+// mp::IMapIterator the entry made, and a handle to the pool (so the pool outlives its proxy while
+// a result of it is alive, as CPython's ApplyResult holds its pool). Their waits are bounded by
+// the timeout the client sends; a C++ client sends at most kPoolWaitSlice at a time.
 struct ManagedPool {
   mp::Pool pool;
   explicit ManagedPool(mp::Pool p) : pool(std::move(p)) {}
@@ -715,21 +722,131 @@ struct ManagedPool {
   }
 };
 
-Value pool_call(ManagedPool& p, const char* method, const Value& args, const Value& kwds) {
+// A pool call's (entry, task, arguments): the entry's address, the task and the encoded arguments.
+struct PoolCall {
+  std::uintptr_t entry = 0;
+  ErasedFn task = nullptr;
+  Bytes arguments;
+};
+PoolCall pool_call_args(const char* method, const Value& args, const Value& kwds) {
   auto a = bind(method, args, kwds, {{"entry", {}}, {"task", Value()}, {"arguments", {}}});
   if (!a[0].is<Bytes>() || !(a[1].is_none() || a[1].is<Bytes>()) || !a[2].is<Bytes>())
     python_error("builtins.TypeError",
                  std::string("a C++ manager's Pool runs C++ tasks only: Pool.") + method +
                      "() takes the code references a C++ PoolProxy of the manager's build sends");
-  const auto entry = reinterpret_cast<PoolEntry>(resolve_code_ref_bytes(a[0].as<Bytes>()));
-  const auto task = a[1].is_none() ? ErasedFn{nullptr} : reinterpret_cast<ErasedFn>(resolve_code_ref_bytes(a[1].as<Bytes>()));
-  const Bytes arguments = a[2].as<Bytes>();
-  return Value(entry(p.pool, task, arguments));
+  PoolCall call;
+  call.entry = resolve_code_ref_bytes(a[0].as<Bytes>());
+  call.task = a[1].is_none() ? ErasedFn{nullptr} : reinterpret_cast<ErasedFn>(resolve_code_ref_bytes(a[1].as<Bytes>()));
+  call.arguments = a[2].as<Bytes>();
+  return call;
+}
+
+Value pool_call(ManagedPool& p, const char* method, const Value& args, const Value& kwds) {
+  const PoolCall call = pool_call_args(method, args, kwds);
+  return Value(reinterpret_cast<PoolEntry>(call.entry)(p.pool, call.task, call.arguments));
+}
+
+// Submits a call that returns a new object; the pool's refusal (closed: std::logic_error) is
+// Python's ValueError("Pool not running"), as CPython's Pool raises it.
+template <class Submit>
+auto pool_submit(Submit submit) {
+  try {
+    return submit();
+  } catch (const std::logic_error& e) {
+    if (dynamic_cast<const std::invalid_argument*>(&e) != nullptr || dynamic_cast<const std::out_of_range*>(&e) != nullptr)
+      throw;
+    python_error("builtins.ValueError", e.what());
+  }
+}
+
+struct ManagedAsyncResult {
+  std::shared_ptr<PoolAsyncHeld> held;
+  void cancel() { held->cancel(); }
+};
+struct ManagedIMapIterator {
+  std::shared_ptr<PoolIMapHeld> held;
+  void cancel() { held->cancel(); }
+};
+
+[[noreturn]] void pool_timeout() {
+  throw PythonError("multiprocessing.context.TimeoutError", Value::tuple(), "multiprocessing.context.TimeoutError");
+}
+Timeout pool_wait_timeout(const Value& v) {
+  const std::optional<double> t = seconds(v, false);
+  return t ? Timeout(Duration(*t)) : Timeout();
+}
+
+std::shared_ptr<void> made_by_a_pool_only(const Value&, const Value&) {
+  python_error("builtins.TypeError", "this object is only made by a Pool's methods");
+}
+
+std::shared_ptr<TypeInfo> async_result_type() {
+  // CPython's AsyncResult (ApplyResult/MapResult): get, wait, ready, successful. get() returns the
+  // encoded outcome (value or task error), which the C++ client decodes and raises.
+  auto info = waiting_type<ManagedAsyncResult>("AsyncResult", {"get", "ready", "successful", "wait"}, &made_by_a_pool_only);
+  method<ManagedAsyncResult>(*info, "get", +[](ManagedAsyncResult& r, const Value& args, const Value& kwds) {
+    auto a = bind("get", args, kwds, {{"timeout", Value()}});
+    if (!r.held->wait(pool_wait_timeout(a[0]))) pool_timeout();
+    return Value(r.held->outcome());
+  });
+  method<ManagedAsyncResult>(*info, "wait", +[](ManagedAsyncResult& r, const Value& args, const Value& kwds) {
+    auto a = bind("wait", args, kwds, {{"timeout", Value()}});
+    return Value(r.held->wait(pool_wait_timeout(a[0])));
+  });
+  method<ManagedAsyncResult>(*info, "ready", +[](ManagedAsyncResult& r, const Value& args, const Value& kwds) {
+    bind("ready", args, kwds, {});
+    return Value(r.held->ready());
+  });
+  method<ManagedAsyncResult>(*info, "successful", +[](ManagedAsyncResult& r, const Value& args, const Value& kwds) {
+    bind("successful", args, kwds, {});
+    if (!r.held->ready()) python_error("builtins.ValueError", "the result is not ready");
+    return Value(r.held->successful());
+  });
+  return info;
+}
+
+std::shared_ptr<TypeInfo> imap_iterator_type() {
+  // CPython's IMapIterator: next(timeout=None) and __next__. next() returns the encoded outcome;
+  // StopIteration past the end, multiprocessing.TimeoutError when the timeout runs out. Calls
+  // are serialized (one position), so this is not a waiting type; its cancel still terminates
+  // the pool when the server stops, which ends a wait without a timeout.
+  auto info = std::make_shared<TypeInfo>();
+  info->type_id = "IMapIterator";
+  info->cpp_type = &typeid(ManagedIMapIterator);
+  info->factory = &made_by_a_pool_only;
+  info->exposed = {"__next__", "next"};
+  info->cancel = [](void* self) { static_cast<ManagedIMapIterator*>(self)->cancel(); };
+  for (const char* name : {"__next__", "next"})
+    method<ManagedIMapIterator>(*info, name, +[](ManagedIMapIterator& it, const Value& args, const Value& kwds) {
+      auto a = bind("next", args, kwds, {{"timeout", Value()}});
+      std::optional<Bytes> outcome;
+      try {
+        outcome = it.held->next(pool_wait_timeout(a[0]));
+      } catch (const mp::StopIteration&) {
+        throw PythonError("builtins.StopIteration", Value::tuple(), "StopIteration");
+      }
+      if (!outcome) pool_timeout();
+      return Value(std::move(*outcome));
+    });
+  return info;
+}
+
+// Python's method_to_typeid: the pool's *_async and imap calls make objects of these typeids.
+template <class Made, class Entry, class... Extra>
+ProxyMethod pool_maker(const char* method, Extra... extra) {
+  return [method, extra...](void* self, const Value& args) -> std::shared_ptr<void> {
+    auto& p = *static_cast<ManagedPool*>(self);
+    const PoolCall call = pool_call_args(method, args, Value::dict());
+    auto held = pool_submit([&] { return reinterpret_cast<Entry>(call.entry)(p.pool, call.task, call.arguments, extra...); });
+    return std::make_shared<Made>(Made{std::move(held)});
+  };
 }
 
 std::shared_ptr<TypeInfo> pool_type() {
   auto info = waiting_type<ManagedPool>(
-      "Pool", {"apply", "close", "join", "map", "starmap", "terminate"},
+      "Pool",
+      {"apply", "apply_async", "close", "imap", "imap_unordered", "join", "map", "map_async", "starmap", "starmap_async",
+       "terminate"},
       [](const Value& args, const Value& kwds) -> std::shared_ptr<void> {
         auto a = bind("Pool", args, kwds, {{"processes", Value()}, {"start_method", Value()}});
         PoolOptions options;
@@ -754,6 +871,11 @@ std::shared_ptr<TypeInfo> pool_type() {
   method<ManagedPool>(*info, "starmap", +[](ManagedPool& p, const Value& args, const Value& kwds) {
     return pool_call(p, "starmap", args, kwds);
   });
+  for (const char* name : {"apply_async", "map_async", "starmap_async"})
+    info->proxy_methods[name] = {"AsyncResult", pool_maker<ManagedAsyncResult, PoolAsyncEntry>(name)};
+  info->proxy_methods["imap"] = {"IMapIterator", pool_maker<ManagedIMapIterator, PoolIMapEntry>("imap", true)};
+  info->proxy_methods["imap_unordered"] = {"IMapIterator",
+                                           pool_maker<ManagedIMapIterator, PoolIMapEntry>("imap_unordered", false)};
   method<ManagedPool>(*info, "close", +[](ManagedPool& p, const Value& args, const Value& kwds) {
     bind("close", args, kwds, {});
     p.pool.close();
@@ -785,7 +907,9 @@ std::vector<std::shared_ptr<TypeInfo>> waiting_sync_types() {
           event_type(),
           barrier_type(),
           array_type(),
-          pool_type()};
+          pool_type(),
+          async_result_type(),
+          imap_iterator_type()};
 }
 
 }  // namespace mp::detail::managers

@@ -26,7 +26,7 @@ constexpr std::size_t kNpos = static_cast<std::size_t>(-1);
 // faster than hashing.
 constexpr std::size_t kIndexThreshold = 8;
 
-constexpr std::size_t kStrSalt = 0x5bd1e995u, kBytesSalt = 0x27d4eb2fu, kTupleSalt = 0x165667b1u,
+constexpr std::size_t kBytesSalt = 0x27d4eb2fu, kTupleSalt = 0x165667b1u,
                       kFrozenSalt = 0x9e3779b9u, kNanHash = 0x7ff8dead, kNoneHash = 0xfcb3u;
 
 std::size_t mix(std::size_t h) {

@@ -4,6 +4,7 @@
 
 #include <multiprocessing/pickle.hpp>
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -57,38 +58,75 @@ struct Raw {
   }
 
   // ---- building (v is overwritten) ----
-  static void set_scalar(Value& v, Kind kind, const void* payload, std::size_t n) noexcept {
+  // A Value is written as two whole words: a Value just made is often read again at once (the
+  // memo copies the top of the reader's stack), and a word read over bytes stored one by one
+  // waits for them to retire (a failed store-to-load forwarding: it was a third of loads()).
+  static_assert(std::endian::native == std::endian::little, "the words below are laid out little-endian");
+  [[gnu::always_inline]] static void store_words(Value& v, std::uint64_t lo, std::uint64_t hi) noexcept {
+    std::memcpy(v.rep_, &lo, 8);
+    std::memcpy(v.rep_ + 8, &hi, 8);
+  }
+  static void set_scalar(Value& v, Kind kind, std::uint64_t payload) noexcept {
     v.release();
-    std::memset(v.rep_, 0, sizeof v.rep_);
-    v.rep_[0] = kind;
-    std::memcpy(v.rep_ + 8, payload, n);
+    store_words(v, kind, payload);
   }
-  static void set_int(Value& v, std::int64_t i) noexcept { set_scalar(v, kInt, &i, sizeof i); }
-  static void set_bool(Value& v, bool b) noexcept {
-    const unsigned char c = b ? 1 : 0;
-    set_scalar(v, kBool, &c, 1);
-  }
-  static void set_float(Value& v, double d) noexcept { set_scalar(v, kFloat, &d, sizeof d); }
+  static void set_int(Value& v, std::int64_t i) noexcept { set_scalar(v, kInt, static_cast<std::uint64_t>(i)); }
+  static void set_bool(Value& v, bool b) noexcept { set_scalar(v, kBool, b ? 1 : 0); }
+  static void set_float(Value& v, double d) noexcept { set_scalar(v, kFloat, std::bit_cast<std::uint64_t>(d)); }
   /// Makes v a str, bytes or big int (kind) holding t.
   static void assign_text(Value& v, Kind kind, std::string_view t) {
     if (t.size() <= Value::kInlineText) {
       v.release();
-      v.rep_[0] = kind;
-      v.rep_[1] = static_cast<unsigned char>(t.size());
-      if (!t.empty()) std::memcpy(v.rep_ + 2, t.data(), t.size());
+      store_inline_text(v, kind, t);
       return;
     }
+    assign_boxed_text(v, kind, t);
+  }
+  /// assign_text for a v that holds no box (None, a number, an inline text): nothing to release.
+  [[gnu::always_inline]] static void init_text(Value& v, Kind kind, std::string_view t) {
+    if (t.size() <= Value::kInlineText) [[likely]] {
+      store_inline_text(v, kind, t);
+    } else {
+      assign_boxed_text(v, kind, t);
+    }
+  }
+  /// set_int for a v that holds no box.
+  [[gnu::always_inline]] static void init_int(Value& v, std::int64_t i) noexcept {
+    store_words(v, kInt, static_cast<std::uint64_t>(i));
+  }
+  /// Writes t (at most kInlineText bytes) inline over v, which holds no box.
+  [[gnu::always_inline]] static void store_inline_text(Value& v, Kind kind, std::string_view t) noexcept {
+    // The text as two words w0 (bytes 0-7) and w1 (8-13), read as overlapping words within t
+    // (or the first, middle and last byte of 1-3), then placed after the kind and the length.
+    const auto* p = reinterpret_cast<const unsigned char*>(t.data());
+    const std::size_t n = t.size();
+    std::uint64_t w0 = 0, w1 = 0;
+    if (n >= 8) {
+      std::uint64_t b;
+      std::memcpy(&w0, p, 8);
+      std::memcpy(&b, p + n - 8, 8);
+      if (n > 8) w1 = b >> (8 * (16 - n));  // bytes 8..n-1 are b's top n-8 bytes
+    } else if (n >= 4) {
+      std::uint32_t a, b;
+      std::memcpy(&a, p, 4);
+      std::memcpy(&b, p + n - 4, 4);
+      w0 = a | (static_cast<std::uint64_t>(b) << (8 * (n - 4)));  // (the overlap holds the same bytes)
+    } else if (n > 0) {
+      w0 = p[0] | (static_cast<std::uint64_t>(p[n / 2]) << (8 * (n / 2))) |
+           (static_cast<std::uint64_t>(p[n - 1]) << (8 * (n - 1)));
+    }
+    store_words(v, kind | (static_cast<std::uint64_t>(n) << 8) | (w0 << 16), (w0 >> 48) | (w1 << 16));
+  }
+  static void assign_boxed_text(Value& v, Kind kind, std::string_view t) {
     Counted* b = new_text_box(t);
     v.release();
-    v.rep_[0] = static_cast<unsigned char>(kind | Value::kBoxed);
-    std::memcpy(v.rep_ + 8, &b, sizeof b);
+    store_words(v, kind | Value::kBoxed, reinterpret_cast<std::uintptr_t>(b));
   }
   /// Makes v a container of the given kind owning c (one reference, taken over).
   static void adopt_container(Value& v, Kind kind, Container* c) noexcept {
     Counted* b = c;
     v.release();
-    v.rep_[0] = static_cast<unsigned char>(kind | Value::kBoxed);
-    std::memcpy(v.rep_ + 8, &b, sizeof b);
+    store_words(v, kind | Value::kBoxed, reinterpret_cast<std::uintptr_t>(b));
   }
   /// Changes the kind of a container (set -> frozenset).
   static void set_container_kind(Value& v, Kind kind) noexcept {
@@ -143,6 +181,37 @@ inline std::size_t hash_text(std::string_view s) noexcept {
   h *= 0xff51afd7ed558ccdULL;
   h ^= h >> 32;
   return static_cast<std::size_t>(h);
+}
+
+/// hash_value() of a str is hash_text() ^ kStrSalt.
+inline constexpr std::size_t kStrSalt = 0x5bd1e995u;
+
+/// dict_set's common case inline (the reader's SETITEMS, once per item): a str key that is not in
+/// the dict yet, appended with room in the items and the index. Returns false, having changed
+/// nothing, in every other case (for dict_set to handle). The probe is find_in's: a str equals
+/// only a str of the same text.
+[[gnu::always_inline]] inline bool dict_append_new_str(Container& c, Value& key, Value& value) {
+  if (Raw::kind(key) != kStr || c.index.empty() || 2 * (c.items.size() / 2 + 1) >= c.index.size() ||
+      c.items.capacity() - c.items.size() < 2)
+    return false;
+  const std::string_view text = Raw::text(key);
+  const std::size_t hash = hash_text(text) ^ kStrSalt;
+  const std::size_t mask = c.index.size() - 1;
+  const std::uint64_t high = static_cast<std::uint64_t>(hash) << 32;
+  std::size_t i = static_cast<std::uint32_t>(hash) & mask;
+  for (;; i = (i + 1) & mask) {
+    const std::uint64_t slot = c.index[i];
+    if (slot == 0) break;
+    if ((slot & 0xffffffff00000000ULL) != high) continue;
+    const Value& there = c.items[static_cast<std::size_t>(slot & 0xffffffffu) - 1];
+    if (Raw::kind(there) == kStr && Raw::text(there) == text) return false;  // present: dict_set assigns
+  }
+  const std::size_t pos = c.items.size();
+  if (pos + 1 >= 0xffffffffu) return false;
+  c.items.push_back(std::move(key));
+  c.items.push_back(std::move(value));
+  c.index[i] = high | static_cast<std::uint64_t>(pos + 1);
+  return true;
 }
 
 /// Python's hash, as far as equality needs it (equal values hash equal); std::invalid_argument

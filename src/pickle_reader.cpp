@@ -219,7 +219,22 @@ class Reader {
           Raw::set_float(stack_.emplace_back().value, std::bit_cast<double>(bits));
           break;
         }
-        case 0x8c: push_text(kStr, read_text(read_u8(), at), at); break;     // SHORT_BINUNICODE
+        case 0x8c:  // SHORT_BINUNICODE, and the MEMOIZE that follows every str CPython writes (taken
+                    // here as the next opcode would be, without a second trip through this switch)
+          push_text(kStr, read_text(read_u8(), at), at);
+          if (pos_ < size_ && data_[pos_] == 0x94) {
+            ++pos_;
+            put(static_cast<std::uint64_t>(memo_.size() + sparse_.size()), pos_ - 1);
+            // and a small int after it (a dict's str -> int item), as its case below takes it
+            if (size_ - pos_ >= 3 && data_[pos_] == 0x4b) {
+              push_int(data_[pos_ + 1]);
+              pos_ += 2;
+            } else if (size_ - pos_ >= 4 && data_[pos_] == 0x4d) {
+              push_int(data_[pos_ + 1] | (data_[pos_ + 2] << 8));
+              pos_ += 3;
+            }
+          }
+          break;
         case 0x58: push_text(kStr, read_text(read_le<4>(), at), at); break;    // BINUNICODE
         case 0x8d: push_text(kStr, read_text(read_le<8>(), at), at); break;    // BINUNICODE8
         case 0x43: push_text(kBytes, read_text(read_u8(), at), at); break;   // SHORT_BINBYTES
@@ -270,7 +285,7 @@ class Reader {
             Value& value = plain(stack_[i + 1], at);
             add_child(dict, key, at);
             add_child(dict, value, at);
-            dict_set(dict, std::move(key), std::move(value));
+            if (!dict_append_new_str(dict, key, value)) dict_set(dict, std::move(key), std::move(value));
           }
           stack_.resize(mark);
           break;
@@ -479,12 +494,12 @@ class Reader {
     return stack_.emplace_back();
   }
   void push(Value&& v) { push_slot().value = std::move(v); }
-  [[gnu::always_inline]] void push_int(std::int64_t i) { Raw::set_int(push_slot().value, i); }
+  [[gnu::always_inline]] void push_int(std::int64_t i) { Raw::init_int(push_slot().value, i); }
   // A str or bytes read from the opcode at `at`, made in place on the stack.
   [[gnu::always_inline]] void push_text(Kind kind, std::string_view text, std::size_t at) {
     if (kind == kStr && !utf8_ok(text)) [[unlikely]]
       bad_utf8(at);
-    Raw::assign_text(push_slot().value, kind, text);
+    Raw::init_text(push_slot().value, kind, text);
   }
   [[noreturn, gnu::cold, gnu::noinline]] void bad_utf8(std::size_t at) const {
     fail("a str that is not valid UTF-8 (lone surrogates are not supported)", at);

@@ -37,6 +37,22 @@ constexpr std::size_t kFrameHeaderSize = 9;
 constexpr std::size_t kBatchSize = 1000;
 constexpr std::size_t kNoFrame = static_cast<std::size_t>(-1);
 
+// Copies n <= 16 bytes as two overlapping words (or the first, middle and last byte of 1-3): no
+// loop whose end the branch predictor has to guess (keys and short strs are mostly this size).
+[[gnu::always_inline]] inline void copy_short(unsigned char* dst, const char* src, std::size_t n) {
+  if (n >= 8) {
+    std::memcpy(dst, src, 8);
+    std::memcpy(dst + n - 8, src + n - 8, 8);
+  } else if (n >= 4) {
+    std::memcpy(dst, src, 4);
+    std::memcpy(dst + n - 4, src + n - 4, 4);
+  } else if (n > 0) {
+    dst[0] = static_cast<unsigned char>(src[0]);
+    dst[n / 2] = static_cast<unsigned char>(src[n / 2]);
+    dst[n - 1] = static_cast<unsigned char>(src[n - 1]);
+  }
+}
+
 // The str dict keys written so far and their memo slots: an open-addressing table (no allocation
 // per key; dicts of records repeat the same few keys thousands of times).
 class KeyMemo {
@@ -80,13 +96,56 @@ class KeyMemo {
   std::size_t count_ = 0;
 };
 
+// The first dict's str keys and their memo slots (Writer::first_keys_): an array of plain
+// entries with an inlined append (std::vector's out-of-line emplace_back took the key by
+// reference through memory, and reading it back as one word stalled on the two just stored).
+class FirstKeys {
+ public:
+  FirstKeys() noexcept = default;
+  ~FirstKeys() { std::free(data_); }
+  FirstKeys(const FirstKeys&) = delete;
+  FirstKeys& operator=(const FirstKeys&) = delete;
+  void swap(FirstKeys& other) noexcept {
+    std::swap(data_, other.data_);
+    std::swap(size_, other.size_);
+    std::swap(capacity_, other.capacity_);
+  }
+  [[gnu::always_inline]] void push(const char* text, std::size_t size, std::uint32_t index) {
+    if (size_ == capacity_) [[unlikely]]
+      grow();
+    data_[size_++] = Entry{text, size, index};
+  }
+  template <class F>
+  void for_each(F f) const {
+    for (std::size_t i = 0; i < size_; ++i) f(std::string_view(data_[i].text, data_[i].size), data_[i].index);
+  }
+  void clear() noexcept { size_ = 0; }
+  std::size_t capacity() const noexcept { return capacity_; }
+
+ private:
+  struct Entry {
+    const char* text;
+    std::size_t size;
+    std::uint32_t index;
+  };
+  [[gnu::noinline]] void grow() {
+    const std::size_t capacity = 2 * capacity_ + 256;
+    auto* grown = static_cast<Entry*>(std::realloc(data_, capacity * sizeof(Entry)));
+    if (!grown) throw std::bad_alloc();
+    data_ = grown;
+    capacity_ = capacity;
+  }
+  Entry* data_ = nullptr;
+  std::size_t size_ = 0, capacity_ = 0;
+};
+
 // The output buffer: a thread's writers reuse one (growing it is a good part of the cost of a
 // large pickle: fresh pages, copies), and the result is copied out once at the end. A writer
 // started while another one of the thread holds it (a Pickler inside a conversion) takes its own.
 struct Scratch {
   unsigned char* data = nullptr;
   std::size_t capacity = 0;
-  std::vector<std::pair<std::string_view, std::uint32_t>> first_keys;  // (Writer::first_keys_'s buffer)
+  FirstKeys first_keys;  // (Writer::first_keys_'s buffer)
   bool busy = false;
   ~Scratch() { std::free(data); }
 };
@@ -138,10 +197,15 @@ class Writer {
   Writer& operator=(const Writer&) = delete;
 
   Bytes finish() {
+    Bytes out;
+    finish_into(out);
+    return out;
+  }
+  void finish_into(Bytes& out) {
     write_op(0x2e);  // STOP
     commit_frame();
     const auto* p = reinterpret_cast<const std::byte*>(buf_);
-    return Bytes(p, p + len_);
+    out.assign(p, p + len_);
   }
 
   // ---- the Pickler's operations: each one what save() does for the matching Value ----
@@ -166,6 +230,16 @@ class Writer {
     if (k == kStr && !utf8_ok(t)) throw std::invalid_argument("pickle: a str must be valid UTF-8 (without surrogates)");
     opcode_boundary();
     save_text(k, t);
+  }
+  [[gnu::always_inline]] void put_str_int(std::string_view key, std::int64_t value) {
+    if (key.empty() || !utf8_ok(key)) [[unlikely]] {
+      put_key(key);
+    } else {
+      opcode_boundary();
+      save_key_text(key);
+    }
+    opcode_boundary();
+    save_int(value);
   }
   void put_key(std::string_view t) {
     if (!utf8_ok(t)) throw std::invalid_argument("pickle: a str must be valid UTF-8 (without surrogates)");
@@ -260,7 +334,7 @@ class Writer {
     unsigned char* p = grab(header_size + data.size());
     for (std::size_t k = 0; k < header_size; ++k) *p++ = static_cast<const unsigned char*>(header)[k];
     if (data.size() <= 16) {  // (short texts, the common case, without a call to memcpy)
-      for (char ch : data) *p++ = static_cast<unsigned char>(ch);
+      copy_short(p, data.data(), data.size());
     } else {
       std::memcpy(p, data.data(), data.size());
     }
@@ -346,7 +420,7 @@ class Writer {
     if (shared) memo_.emplace(&c, index);
   }
 
-  void save_int(std::int64_t i) {
+  [[gnu::always_inline]] void save_int(std::int64_t i) {
     if (i >= 0 && i <= 0xff) {
       write_op_u8(0x4b, static_cast<std::uint8_t>(i));  // BININT1
     } else if (i >= 0 && i <= 0xffff) {
@@ -367,19 +441,22 @@ class Writer {
     write(le.data(), le.size());
   }
 
-  std::uint32_t save_str(std::string_view s) {
-    if (s.size() < 256 && protocol_ >= 4) {  // the common case in one piece: SHORT_BINUNICODE, MEMOIZE
+  [[gnu::always_inline]] std::uint32_t save_str(std::string_view s) {
+    if (s.size() < 256 && protocol_ >= 4) [[likely]] {  // the common case in one piece: SHORT_BINUNICODE, MEMOIZE
       unsigned char* p = grab(2 + s.size() + 1);
       p[0] = 0x8c;
       p[1] = static_cast<unsigned char>(s.size());
       if (s.size() <= 16) {  // (short texts, the common case, without a call to memcpy)
-        for (std::size_t k = 0; k < s.size(); ++k) p[2 + k] = static_cast<unsigned char>(s[k]);
+        copy_short(p + 2, s.data(), s.size());
       } else {
         std::memcpy(p + 2, s.data(), s.size());
       }
       p[2 + s.size()] = 0x94;
       return memo_count_++;
     }
+    return save_str_other(s);
+  }
+  [[gnu::noinline]] std::uint32_t save_str_other(std::string_view s) {
     std::uint8_t header[9];
     std::size_t header_size = 0;
     if (s.size() > 0xffffffffu) {
@@ -503,7 +580,13 @@ class Writer {
       write_op(0x28);  // MARK
       for (n = 0; pair < pairs && n < kBatchSize; ++n, ++pair) {
         save_key(items[2 * pair], depth + 1);
-        save(items[2 * pair + 1], depth + 1);
+        const Value& value = items[2 * pair + 1];
+        if (Raw::kind(value) == kInt) {  // (the common value, as save() writes it)
+          opcode_boundary();
+          save_int(Raw::get_int(value));
+        } else {
+          save(value, depth + 1);
+        }
       }
       write_op(0x75);  // SETITEMS
     } while (n == kBatchSize);
@@ -517,11 +600,11 @@ class Writer {
     opcode_boundary();
     save_key_text(Raw::text(key));
   }
-  void save_key_text(std::string_view text) {
+  [[gnu::always_inline]] void save_key_text(std::string_view text) {
     // While only one dict has been started its keys are all different (a dict's keys are): they
     // are only listed, and hashed when a second dict starts (a pickle of one big dict never is).
     if (!keys_indexed_) {
-      first_keys_.emplace_back(text, memo_count_);
+      first_keys_.push(text.data(), text.size(), memo_count_);
       save_str(text);
       return;
     }
@@ -531,7 +614,7 @@ class Writer {
   }
   void dict_started() {
     if (keys_indexed_ || ++dicts_ < 2) return;
-    for (const auto& [text, index] : first_keys_) (void)keys_.find_or_add(text, index);
+    first_keys_.for_each([&](std::string_view text, std::uint32_t index) { (void)keys_.find_or_add(text, index); });
     first_keys_.clear();
     keys_indexed_ = true;
   }
@@ -584,7 +667,7 @@ class Writer {
   std::unordered_map<const Container*, std::uint32_t> memo_;  // shared containers written: their slots
   std::optional<std::uint32_t> singletons_[2 + 256];
   KeyMemo keys_;  // str dict keys written: their slots
-  std::vector<std::pair<std::string_view, std::uint32_t>> first_keys_;  // the first dict's, until a second one
+  FirstKeys first_keys_;  // the first dict's, until a second one
   std::size_t dicts_ = 0;
   bool keys_indexed_ = false;
   std::vector<Value> kept_;  // the Pickler's temporaries written (after they are written: a copy
@@ -593,9 +676,14 @@ class Writer {
 };
 
 Bytes dump_value(const Value& value, int protocol) {
+  Bytes out;
+  dump_value_into(out, value, protocol);
+  return out;
+}
+void dump_value_into(Bytes& out, const Value& value, int protocol) {
   Writer w(protocol);
   w.put_value(value);
-  return w.finish();
+  w.finish_into(out);
 }
 
 // ---- Pickler ----
@@ -637,6 +725,17 @@ void Pickler::item_end(Batch& b) {
     w_->write_op(b.dict ? 0x75 : 0x65);  // SETITEMS, APPENDS
   }
 }
+void Pickler::str_int_item(Batch& b, std::string_view key, std::int64_t value) {
+  if (b.total >= 2 && b.done % kBatchSize == 0) w_->write_op(0x28);  // MARK (as item_start)
+  w_->put_str_int(key, value);
+  if (++b.done % kBatchSize == 0 || b.done == b.total) {  // (as item_end)
+    if (b.total == 1) {
+      w_->write_op(0x73);  // SETITEM
+    } else {
+      w_->write_op(0x75);  // SETITEMS
+    }
+  }
+}
 void Pickler::end(const Batch& b) {
   if (b.done != b.total) throw std::logic_error("pickle::dumps: a container changed size while it was written");
   if (b.dict && b.total >= 2 && b.total % kBatchSize == 0) {  // the empty batch after an exact multiple
@@ -646,5 +745,6 @@ void Pickler::end(const Batch& b) {
   w_->end_container();
 }
 Bytes Pickler::finish() { return w_->finish(); }
+void Pickler::finish_into(Bytes& out) { w_->finish_into(out); }
 
 }  // namespace mp::pickle::detail

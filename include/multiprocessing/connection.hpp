@@ -153,19 +153,23 @@ template <class T>
 void Connection::send(const T& obj) {
   static_assert(detail::native_sendable_v<T> || detail::pickle_sendable_v<T>,
                 "Connection::send<T>: T crosses neither by the native codec nor by pickle");
+  struct Trim {
+    Connection* c;
+    ~Trim() { c->trim_buffer(true); }
+  };
   if (serializer() == connection::Serializer::pickle) {
     if constexpr (detail::pickle_sendable_v<T>) {
-      send_bytes(std::span<const std::byte>(pickle::dumps(obj)));
+      Trim trim{this};
+      Bytes& buffer = send_buffer();
+      pickle::detail::dumps_into(buffer, obj, 4);  // reuses the buffer's capacity, as below
+      send_bytes(std::span<const std::byte>(buffer));
     } else {
       detail::throw_not_serializable(true, true);
     }
     return;
   }
   if constexpr (detail::native_sendable_v<T>) {
-    struct Trim {
-      Connection* c;
-      ~Trim() { c->trim_buffer(true); }
-    } trim{this};
+    Trim trim{this};
     Bytes& buffer = send_buffer();
     detail::dump_into(buffer, obj);  // reuses the buffer's capacity: no allocation in the steady state
     send_bytes(std::span<const std::byte>(buffer));

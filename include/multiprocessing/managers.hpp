@@ -34,6 +34,7 @@
 // is gone is EOFError or std::system_error (ECONNREFUSED/ECONNRESET), never a hang.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -548,6 +549,174 @@ Bytes pool_apply_entry(Pool& pool, ErasedFn erased, std::span<const std::byte> a
     return std::apply([&](auto&... a) { return pool.apply(fn, a...); }, arguments);
   });
 }
+
+/// The longest a PoolProxy's AsyncResultProxy / IMapIteratorProxy asks the manager to wait in one
+/// call (seconds): a longer wait is a loop of these, so the client keeps its own deadline and a
+/// manager thread never waits long for a client that has gone.
+inline constexpr double kPoolWaitSlice = 1.0;
+
+/// In the manager: the referent of an AsyncResultProxy (typeid 'AsyncResult'), an mp::AsyncResult
+/// typed by the client's instantiation. It holds a handle to its pool, so the pool keeps running
+/// while a result of it is alive (as CPython's ApplyResult holds its pool).
+class PoolAsyncHeld {
+ public:
+  virtual ~PoolAsyncHeld() = default;
+  /// true when ready; no timeout: until it is.
+  virtual bool wait(Timeout timeout) = 0;
+  virtual bool ready() = 0;
+  /// std::logic_error before ready().
+  virtual bool successful() = 0;
+  /// Once ready: the encoded PoolOutcome (the value or the task's error).
+  virtual Bytes outcome() = 0;
+  /// The server stops: terminates the pool, which fails the result (and wakes its waits).
+  virtual void cancel() = 0;
+};
+template <class R>
+class PoolAsyncOf final : public PoolAsyncHeld {
+ public:
+  PoolAsyncOf(Pool pool, AsyncResult<R> result, const std::type_info& task)
+      : pool_(std::move(pool)), result_(std::move(result)), task_(&task) {}
+  bool wait(Timeout timeout) override {
+    if (!timeout) {
+      result_.wait();
+      return true;
+    }
+    return result_.wait(*timeout);
+  }
+  bool ready() override { return result_.ready(); }
+  bool successful() override { return result_.successful(); }
+  Bytes outcome() override { return pool_outcome<R>(*task_, [&] { return result_.get(); }); }
+  void cancel() override {
+    try {
+      pool_.terminate();
+    } catch (const std::exception&) {
+    }
+  }
+
+ private:
+  Pool pool_;
+  AsyncResult<R> result_;
+  const std::type_info* task_;
+};
+template <class R>
+std::shared_ptr<PoolAsyncHeld> pool_async_held(Pool& pool, AsyncResult<R> result, const std::type_info& task) {
+  return std::make_shared<PoolAsyncOf<R>>(pool, std::move(result), task);
+}
+using PoolAsyncEntry = std::shared_ptr<PoolAsyncHeld> (*)(Pool& pool, ErasedFn fn, std::span<const std::byte> args);
+/// apply_async: args is the tuple of arguments. A refusal of the pool (closed) is thrown here.
+template <class Fn, class Args>
+std::shared_ptr<PoolAsyncHeld> pool_apply_async_entry(Pool& pool, ErasedFn erased, std::span<const std::byte> args) {
+  using R = pool_result_t<Fn, Args, true>;
+  Fn fn = pool_task_from<Fn>(erased);
+  return pool_async_held(pool, pool.apply_async(fn, mp::loads<Args>(args), Callbacks<R>{}), typeid(Fn));
+}
+/// map_async (kStar false) and starmap_async (kStar true): args is (items, chunksize).
+template <class Fn, class Item, bool kStar>
+std::shared_ptr<PoolAsyncHeld> pool_map_async_entry(Pool& pool, ErasedFn erased, std::span<const std::byte> args) {
+  const auto decoded = mp::loads<std::tuple<std::vector<Item>, std::uint64_t>>(args);
+  const std::vector<Item>& items = std::get<0>(decoded);
+  const auto chunksize = static_cast<std::size_t>(std::get<1>(decoded));
+  Fn fn = pool_task_from<Fn>(erased);
+  if constexpr (kStar) {
+    return pool_async_held(pool, pool.starmap_async(fn, items, chunksize), typeid(Fn));
+  } else {
+    return pool_async_held(pool, pool.map_async(fn, items, chunksize), typeid(Fn));
+  }
+}
+
+/// In the manager: the referent of an IMapIteratorProxy (typeid 'IMapIterator').
+class PoolIMapHeld {
+ public:
+  virtual ~PoolIMapHeld() = default;
+  /// The next result as an encoded PoolOutcome (a task's error included); nullopt when timeout
+  /// ran out first; mp::StopIteration past the end.
+  virtual std::optional<Bytes> next(Timeout timeout) = 0;
+  /// The server stops: terminates the pool, which fails the results still due.
+  virtual void cancel() = 0;
+};
+template <class R>
+class PoolIMapOf final : public PoolIMapHeld {
+ public:
+  PoolIMapOf(Pool pool, IMapIterator<R> it, std::size_t total, const std::type_info& task)
+      : pool_(std::move(pool)), it_(std::move(it)), total_(total), task_(&task) {}
+  std::optional<Bytes> next(Timeout timeout) override {
+    if (consumed_ >= total_) throw StopIteration("mp: IMapIterator::next() past the end");
+    const auto deadline = std::chrono::steady_clock::now() +
+                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout.value_or(Duration(0)));
+    PoolOutcome<R> outcome;
+    try {
+      if constexpr (std::is_void_v<R>) {
+        timeout ? it_.next(*timeout) : it_.next();
+        outcome.template emplace<0>();
+      } else {
+        outcome.template emplace<0>(timeout ? it_.next(*timeout) : it_.next());
+      }
+    } catch (const std::exception& e) {
+      // mp::IMapIterator::next() reports its own timeout and end with the same types a task may
+      // throw; the exact type and text, and for a timeout the deadline, tell them apart (a task's
+      // exception is a copy made from its encoding, never the iterator's own).
+      if (typeid(e) == typeid(TimeoutError) && timeout && std::chrono::steady_clock::now() >= deadline &&
+          std::string_view(e.what()) == "mp: IMapIterator::next() timed out")
+        return std::nullopt;
+      if (typeid(e) == typeid(StopIteration) && std::string_view(e.what()) == "mp: IMapIterator::next() past the end") {
+        consumed_ = total_;  // the input ended early (the pool refused it)
+        throw;
+      }
+      outcome.template emplace<1>(describe_current_exception(*task_));
+    } catch (...) {
+      outcome.template emplace<1>(describe_current_exception(*task_));
+    }
+    ++consumed_;
+    return mp::dumps(outcome);
+  }
+  void cancel() override {
+    try {
+      pool_.terminate();
+    } catch (const std::exception&) {
+    }
+  }
+
+ private:
+  Pool pool_;
+  IMapIterator<R> it_;
+  std::size_t total_;
+  std::size_t consumed_ = 0;
+  const std::type_info* task_;
+};
+using PoolIMapEntry = std::shared_ptr<PoolIMapHeld> (*)(Pool& pool, ErasedFn fn, std::span<const std::byte> args,
+                                                        bool ordered);
+/// imap (ordered) and imap_unordered: args is (items, chunksize).
+template <class Fn, class Item>
+std::shared_ptr<PoolIMapHeld> pool_imap_entry(Pool& pool, ErasedFn erased, std::span<const std::byte> args, bool ordered) {
+  using R = pool_result_t<Fn, Item, false>;
+  auto decoded = mp::loads<std::tuple<std::vector<Item>, std::uint64_t>>(args);
+  std::vector<Item> items = std::move(std::get<0>(decoded));
+  const std::size_t total = items.size();
+  const auto chunksize = std::max<std::size_t>(1, static_cast<std::size_t>(std::get<1>(decoded)));
+  Fn fn = pool_task_from<Fn>(erased);
+  IMapIterator<R> it = ordered ? pool.imap(fn, std::move(items), chunksize) : pool.imap_unordered(fn, std::move(items), chunksize);
+  return std::make_shared<PoolIMapOf<R>>(pool, std::move(it), total, typeid(Fn));
+}
+
+/// The client's side of a manager wait: how long the next call may wait in the manager (at most
+/// kPoolWaitSlice, and what is left of the caller's timeout).
+inline double pool_wait_slice(const std::optional<std::chrono::steady_clock::time_point>& deadline) {
+  if (!deadline) return kPoolWaitSlice;
+  const double left = std::chrono::duration<double>(*deadline - std::chrono::steady_clock::now()).count();
+  return std::clamp(left, 0.0, kPoolWaitSlice);
+}
+inline std::optional<std::chrono::steady_clock::time_point> pool_deadline(Timeout timeout) {
+  // Beyond ~3 years (or NaN) is no deadline, and keeps the time_point arithmetic in range.
+  if (!timeout || !(timeout->count() <= 1e8)) return std::nullopt;
+  return std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(*timeout);
+}
+inline bool pool_deadline_passed(const std::optional<std::chrono::steady_clock::time_point>& deadline) {
+  return deadline && std::chrono::steady_clock::now() >= *deadline;
+}
+/// The manager's multiprocessing.TimeoutError (a wait that ran out), as a C++ client sees it.
+inline bool is_remote_timeout(const RemoteError& e) {
+  return e.type_name() == "multiprocessing.context.TimeoutError" || e.type_name() == "TimeoutError";
+}
 }  // namespace detail::managers
 
 /// A proxy of a manager's queue.Queue (Python: the AutoProxy of 'Queue' and 'JoinableQueue').
@@ -649,18 +818,199 @@ class BarrierProxy : public BaseProxy {
   bool broken() { return callmethod<bool>("__getattribute__", "broken"); }
 };
 
+/// What a PoolProxy's apply_async/map_async/starmap_async return (Python: the AutoProxy of
+/// 'AsyncResult'): a proxy of an mp::AsyncResult living in the manager, with mp::AsyncResult's
+/// calls, each a round trip. A wait longer than kPoolWaitSlice is a loop of shorter waits in the
+/// manager, so the timeout is kept here and no manager thread waits long for a client that went.
+/// Copies share one reference; the manager's result goes with the last copy (finished or not).
+/// Callbacks run in this process, once, on the thread whose get()/wait()/ready()/successful()
+/// first sees the result complete, before that call returns (docs/managers.rst says why).
+template <class R>
+class AsyncResultProxy : public BaseProxy {
+ public:
+  AsyncResultProxy() = default;
+  explicit AsyncResultProxy(BaseProxy p, Callbacks<R> callbacks = {})
+      : BaseProxy(std::move(p)), shared_(std::make_shared<Shared>()) {
+    shared_->callbacks = std::move(callbacks);
+  }
+
+  /// The value, waiting for it; rethrows the task's exception as mp::Pool's AsyncResult does.
+  R get() { return get_impl(std::nullopt); }
+  /// mp::TimeoutError when the result is not ready within timeout.
+  R get(Duration timeout) { return get_impl(timeout); }
+  void wait() { (void)wait_impl(std::nullopt); }
+  /// Whether the result is ready.
+  bool wait(Duration timeout) { return wait_impl(timeout); }
+  bool ready() {
+    const bool done = callmethod<bool>("ready");
+    if (done) settle();
+    return done;
+  }
+  /// Whether the task succeeded; std::logic_error before ready().
+  bool successful() {
+    bool ok = false;
+    try {
+      ok = callmethod<bool>("successful");
+    } catch (const RemoteError& e) {
+      if (e.type_name() == "ValueError") throw std::logic_error("mp: AsyncResultProxy::successful() called before the result is ready");
+      throw;
+    }
+    settle();
+    return ok;
+  }
+
+ private:
+  using Outcome = detail::managers::PoolOutcome<R>;
+  struct Shared {
+    std::mutex mutex;
+    Callbacks<R> callbacks;
+    bool settled = false;
+  };
+
+  bool wait_impl(Timeout timeout) {
+    const auto deadline = detail::managers::pool_deadline(timeout);
+    for (;;) {
+      if (callmethod<bool>("wait", detail::managers::pool_wait_slice(deadline))) {
+        settle();
+        return true;
+      }
+      if (detail::managers::pool_deadline_passed(deadline)) return false;
+    }
+  }
+  // The outcome, waiting in the manager a slice at a time; nullopt: the deadline passed.
+  std::optional<Outcome> fetch(Timeout timeout) {
+    const auto deadline = detail::managers::pool_deadline(timeout);
+    for (;;) {
+      try {
+        return mp::loads<Outcome>(callmethod<Bytes>("get", detail::managers::pool_wait_slice(deadline)));
+      } catch (const RemoteError& e) {
+        if (!detail::managers::is_remote_timeout(e)) throw;
+      }
+      if (detail::managers::pool_deadline_passed(deadline)) return std::nullopt;
+    }
+  }
+  R get_impl(Timeout timeout) {
+    std::optional<Outcome> outcome = fetch(timeout);
+    if (!outcome) throw TimeoutError("mp: AsyncResultProxy::get() timed out");
+    run_callbacks(*outcome);
+    if (outcome->index() == 1) std::rethrow_exception(detail::make_task_exception(std::get<1>(*outcome)));
+    if constexpr (!std::is_void_v<R>) return std::move(std::get<0>(*outcome));
+  }
+  // The result is known to be ready: the callbacks run now if they have not (one more call).
+  void settle() {
+    if (!has_callbacks()) return;
+    if (std::optional<Outcome> outcome = fetch(Duration(0))) run_callbacks(*outcome);
+  }
+  bool has_callbacks() const {
+    if (!shared_) return false;
+    std::lock_guard lock(shared_->mutex);
+    return !shared_->settled && (shared_->callbacks.callback || shared_->callbacks.error_callback);
+  }
+  void run_callbacks(const Outcome& outcome) {
+    if (!shared_) return;
+    Callbacks<R> callbacks;
+    {
+      std::lock_guard lock(shared_->mutex);
+      if (shared_->settled) return;
+      shared_->settled = true;
+      callbacks = std::move(shared_->callbacks);
+    }
+    if (outcome.index() == 1) {
+      if (callbacks.error_callback) callbacks.error_callback(detail::make_task_exception(std::get<1>(outcome)));
+    } else if (callbacks.callback) {
+      if constexpr (std::is_void_v<R>) {
+        callbacks.callback();
+      } else {
+        callbacks.callback(std::get<0>(outcome));
+      }
+    }
+  }
+
+  std::shared_ptr<Shared> shared_;
+};
+
+/// What a PoolProxy's imap/imap_unordered return: a proxy of an mp::IMapIterator living in the
+/// manager (typeid 'IMapIterator'), an input range as mp::IMapIterator is. Each next() is a round
+/// trip; waits are sliced as AsyncResultProxy's. Copies share one reference and the position
+/// (it is the manager's); the manager's iterator goes with the last copy, finished or not.
+template <class R>
+class IMapIteratorProxy : public BaseProxy {
+ public:
+  IMapIteratorProxy() = default;
+  explicit IMapIteratorProxy(BaseProxy p) : BaseProxy(std::move(p)) {}
+
+  /// The next result (rethrowing its task's exception); mp::StopIteration past the end.
+  R next() { return unwrap(next_impl(std::nullopt)); }
+  /// mp::TimeoutError when the next result does not arrive within timeout.
+  R next(Duration timeout) { return unwrap(next_impl(timeout)); }
+
+  /// Input iterator of the range-for; each step is a next(). Rethrows a task's exception.
+  class iterator {
+   public:
+    using value_type = detail::PoolStored<R>;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    explicit iterator(IMapIteratorProxy* owner) : owner_(owner) { advance(); }
+    value_type operator*() const { return std::move(*current_); }
+    iterator& operator++() {
+      advance();
+      return *this;
+    }
+    void operator++(int) { advance(); }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) { return !it.current_; }
+
+   private:
+    void advance() {
+      current_.reset();
+      std::optional<Outcome> outcome = owner_->next_impl(std::nullopt);
+      if (!outcome) return;
+      if (outcome->index() == 1) std::rethrow_exception(detail::make_task_exception(std::get<1>(*outcome)));
+      current_.emplace(std::move(std::get<0>(*outcome)));
+    }
+    IMapIteratorProxy* owner_ = nullptr;
+    mutable std::optional<value_type> current_;
+  };
+  iterator begin() { return iterator(this); }
+  std::default_sentinel_t end() { return {}; }
+
+ private:
+  using Outcome = detail::managers::PoolOutcome<R>;
+  // The next outcome; nullopt past the end. TimeoutError when the deadline passes.
+  std::optional<Outcome> next_impl(Timeout timeout) {
+    const auto deadline = detail::managers::pool_deadline(timeout);
+    for (;;) {
+      try {
+        return mp::loads<Outcome>(callmethod<Bytes>("next", detail::managers::pool_wait_slice(deadline)));
+      } catch (const RemoteError& e) {
+        if (e.type_name() == "StopIteration") return std::nullopt;
+        if (!detail::managers::is_remote_timeout(e)) throw;
+      }
+      if (detail::managers::pool_deadline_passed(deadline)) throw TimeoutError("mp: IMapIteratorProxy::next() timed out");
+    }
+  }
+  static R unwrap(std::optional<Outcome> outcome) {
+    if (!outcome) throw StopIteration("mp: IMapIteratorProxy::next() past the end");
+    if (outcome->index() == 1) std::rethrow_exception(detail::make_task_exception(std::get<1>(*outcome)));
+    if constexpr (!std::is_void_v<R>) return std::move(std::get<0>(*outcome));
+  }
+};
+
 /// A proxy of a C++ manager's Pool (Python: PoolProxy): an mp::Pool living in the manager process,
 /// whose workers are the manager's children. apply/map/starmap take the task forms mp::Pool takes
 /// (a function pointer, a captureless lambda, a stateless function object) and wait for the
-/// result; a task's exception arrives as mp::Pool's would. The task crosses by code reference, so
-/// the manager must run this same binary (Manager()/start() in this program, or a server of the
-/// same build): another build's manager refuses the call (RemoteError). CPython's
-/// apply_async/map_async/imap/imap_unordered are not served (call the proxy from a thread).
+/// result; a task's exception arrives as mp::Pool's would. apply_async/map_async/starmap_async
+/// return an AsyncResultProxy and imap/imap_unordered an IMapIteratorProxy, whose referents live
+/// in the manager (typeids 'AsyncResult', as CPython's, and 'IMapIterator', where CPython says
+/// 'Iterator': a C++ manager's 'Iterator' is dict's key iterator). The task crosses by code
+/// reference, so the manager must run this same binary (Manager()/start() in this program, or a
+/// server of the same build): another build's manager refuses the call (RemoteError).
 class PoolProxy : public BaseProxy {
   template <class F, class Item, bool kStar>
   using result_t = detail::pool_result_t<std::decay_t<F>, Item, kStar>;
   template <class R>
   using map_out_t = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
+  template <class Range>
+  using range_item_t = std::decay_t<std::ranges::range_reference_t<const Range&>>;
 
  public:
   PoolProxy() = default;
@@ -685,6 +1035,47 @@ class PoolProxy : public BaseProxy {
   auto starmap(F f, const Range& tuples, std::size_t chunksize = 0) {
     return map_impl<F, true>(f, tuples, chunksize, "starmap");
   }
+  /// f(args...) in one of the manager's workers, without waiting: get() the result later.
+  template <class F, class... A>
+  auto apply_async(F f, A&&... args) {
+    using Args = std::tuple<std::decay_t<A>...>;
+    return apply_async(f, Args(std::forward<A>(args)...), Callbacks<result_t<F, Args, true>>{});
+  }
+  /// The same with callbacks, which run in this process (see AsyncResultProxy).
+  template <class F, class... A>
+  AsyncResultProxy<result_t<F, std::tuple<A...>, true>> apply_async(F f, std::tuple<A...> args,
+                                                                    Callbacks<result_t<F, std::tuple<A...>, true>> callbacks) {
+    using Args = std::tuple<A...>;
+    using R = result_t<F, Args, true>;
+    check_task<F, Args, R>();
+    return AsyncResultProxy<R>(submit("apply_async", &detail::managers::pool_apply_async_entry<std::decay_t<F>, Args>, f,
+                                      mp::dumps(args)),
+                               std::move(callbacks));
+  }
+  /// map without waiting (chunksize 0: as mp::Pool chooses it).
+  template <class F, class Range>
+  auto map_async(F f, const Range& iterable, std::size_t chunksize = 0,
+                 Callbacks<map_out_t<result_t<F, range_item_t<Range>, false>>> callbacks = {}) {
+    return map_async_impl<F, false>(f, iterable, chunksize, std::move(callbacks), "map_async");
+  }
+  /// starmap without waiting.
+  template <class F, class Range>
+  auto starmap_async(F f, const Range& tuples, std::size_t chunksize = 0,
+                     Callbacks<map_out_t<result_t<F, range_item_t<Range>, true>>> callbacks = {}) {
+    return map_async_impl<F, true>(f, tuples, chunksize, std::move(callbacks), "starmap_async");
+  }
+  /// f(x) for every x, yielded in order as they come. Unlike mp::Pool's, the input is read whole
+  /// here and sent to the manager in one call.
+  template <class F, class Range>
+  IMapIteratorProxy<result_t<F, range_item_t<Range>, false>> imap(F f, const Range& iterable, std::size_t chunksize = 1) {
+    return imap_impl<F>(f, iterable, chunksize, "imap");
+  }
+  /// The same, yielded in the order they finish.
+  template <class F, class Range>
+  IMapIteratorProxy<result_t<F, range_item_t<Range>, false>> imap_unordered(F f, const Range& iterable,
+                                                                            std::size_t chunksize = 1) {
+    return imap_impl<F>(f, iterable, chunksize, "imap_unordered");
+  }
   /// As mp::Pool's: no more tasks; stop the workers now; wait for them (after close/terminate).
   void close() { callmethod<void>("close"); }
   void terminate() { callmethod<void>("terminate"); }
@@ -700,15 +1091,54 @@ class PoolProxy : public BaseProxy {
     static_assert(std::is_void_v<R> || detail::is_serializable_v<R>,
                   "mp::PoolProxy: the task's result must be void or serializable by mp::dumps");
   }
-  template <class F, bool kStar, class Range>
-  auto map_impl(F f, const Range& iterable, std::size_t chunksize, std::string_view method) {
-    using Item = std::decay_t<std::ranges::range_reference_t<const Range&>>;
-    using R = result_t<F, Item, kStar>;
-    check_task<F, Item, R>();
+  template <class Range>
+  static Bytes encode_items(const Range& iterable, std::size_t chunksize) {
+    using Item = range_item_t<Range>;
     std::vector<Item> items;
     for (auto&& x : iterable) items.push_back(static_cast<const Item&>(x));
-    const Bytes args = mp::dumps(std::tuple<std::vector<Item>, std::uint64_t>(std::move(items), chunksize));
-    return run<map_out_t<R>>(method, &detail::managers::pool_map_entry<std::decay_t<F>, Item, kStar>, f, args);
+    return mp::dumps(std::tuple<std::vector<Item>, std::uint64_t>(std::move(items), chunksize));
+  }
+  template <class F, bool kStar, class Range>
+  auto map_impl(F f, const Range& iterable, std::size_t chunksize, std::string_view method) {
+    using Item = range_item_t<Range>;
+    using R = result_t<F, Item, kStar>;
+    check_task<F, Item, R>();
+    return run<map_out_t<R>>(method, &detail::managers::pool_map_entry<std::decay_t<F>, Item, kStar>, f,
+                             encode_items(iterable, chunksize));
+  }
+  template <class F, bool kStar, class Range, class Out>
+  AsyncResultProxy<Out> map_async_impl(F f, const Range& iterable, std::size_t chunksize, Callbacks<Out> callbacks,
+                                       std::string_view method) {
+    using Item = range_item_t<Range>;
+    using R = result_t<F, Item, kStar>;
+    check_task<F, Item, R>();
+    return AsyncResultProxy<Out>(submit(method, &detail::managers::pool_map_async_entry<std::decay_t<F>, Item, kStar>, f,
+                                        encode_items(iterable, chunksize)),
+                                 std::move(callbacks));
+  }
+  template <class F, class Range>
+  auto imap_impl(F f, const Range& iterable, std::size_t chunksize, std::string_view method) {
+    using Item = range_item_t<Range>;
+    using R = result_t<F, Item, false>;
+    check_task<F, Item, R>();
+    return IMapIteratorProxy<R>(
+        submit(method, &detail::managers::pool_imap_entry<std::decay_t<F>, Item>, f, encode_items(iterable, chunksize)));
+  }
+  // A call whose result is a new object in the manager ('#PROXY'). The pool's refusal (closed)
+  // comes back as Python's ValueError("... Pool not running ..."), which is mp::Pool's
+  // std::logic_error here.
+  template <class Entry, class F>
+  BaseProxy submit(std::string_view method, Entry entry, F f, const Bytes& args) {
+    pickle::Value fn = pickle::Value();
+    if constexpr (std::is_pointer_v<std::decay_t<F>>) fn = detail::managers::code_ref_value(f);
+    try {
+      return callmethod<BaseProxy>(method, detail::managers::code_ref_value(entry), fn, args);
+    } catch (const RemoteError& e) {
+      std::string_view what = e.what();
+      if (e.type_name() != "ValueError" || what.find("Pool not running") == std::string_view::npos) throw;
+      if (what.starts_with("ValueError: ")) what.remove_prefix(12);
+      throw std::logic_error(std::string(what));
+    }
   }
   template <class Out, class F>
   Out run(std::string_view method, detail::managers::PoolEntry entry, F f, const Bytes& args) {

@@ -241,8 +241,13 @@ class Pickler {
   Batch begin_dict(std::size_t pairs);
   void item_start(Batch& b);
   void item_end(Batch& b);
+  /// A whole dict item with a str key and an int value: item_start, dict_key, integer, item_end
+  /// in one call (a map<string, integer> is mostly this).
+  void str_int_item(Batch& b, std::string_view key, std::int64_t value);
   void end(const Batch& b);
   Bytes finish();
+  /// finish(), into out (its capacity reused: no allocation once it is large enough).
+  void finish_into(Bytes& out);
 
  private:
   std::unique_ptr<Writer> w_;
@@ -250,6 +255,7 @@ class Pickler {
 
 /// The type-erased core (src/pickle.cpp).
 Bytes dump_value(const Value& value, int protocol);
+void dump_value_into(Bytes& out, const Value& value, int protocol);
 Value load_value(std::span<const std::byte> data);
 /// Also tells whether the result shares a container in several places (a memo reference or DUP
 /// pushed one again); only then can copying it out into C++ containers cost more than its size.

@@ -936,7 +936,7 @@ TEST(SyncManagerPool, CallsThatAreNotCodeReferencesOfThisBuildAreRefused) {
   // What a Python client's PoolProxy sends (a callable and a list) cannot run in a C++ manager.
   EXPECT_THROW(pool.callmethod<void>("map", 1, std::vector<int>{1}), mp::RemoteError);
   EXPECT_THROW(pool.callmethod<void>("apply", mp::bytes("garbage"), mp::pickle::Value(), mp::bytes("x")), mp::RemoteError);
-  EXPECT_THROW(pool.callmethod<void>("imap", 1), mp::RemoteError);  // not exposed
+  EXPECT_THROW(pool.callmethod<void>("imap", 1), mp::RemoteError);  // TypeError: not a C++ call
   EXPECT_THROW(m.create("Pool", 0), mp::RemoteError);                 // ValueError
   EXPECT_THROW(m.create("Pool", "two"), mp::RemoteError);             // TypeError
   EXPECT_EQ(pool.apply(&add, 1, 1), 2);  // the pool is still fine

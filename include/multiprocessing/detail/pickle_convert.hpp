@@ -7,6 +7,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <optional>
 #include <set>
@@ -89,10 +90,26 @@ struct Convert {
 bool valid_utf8(std::string_view s) noexcept;
 /// valid_utf8, with short ASCII strings (most keys) checked inline.
 inline bool utf8_ok(std::string_view s) noexcept {
-  if (s.size() > 16) return valid_utf8(s);
-  unsigned char any = 0;
-  for (char c : s) any |= static_cast<unsigned char>(c);
-  return (any & 0x80) == 0 || valid_utf8(s);
+  // Up to 16 bytes are read as two overlapping words (or the first, middle and last byte of 1-3):
+  // every byte once at least, and no loop whose end the branch predictor has to guess.
+  const char* p = s.data();
+  const std::size_t n = s.size();
+  std::uint64_t any = 0;
+  if (n > 16) return valid_utf8(s);
+  if (n >= 8) {
+    std::uint64_t a, b;
+    std::memcpy(&a, p, 8);
+    std::memcpy(&b, p + n - 8, 8);
+    any = a | b;
+  } else if (n >= 4) {
+    std::uint32_t a, b;
+    std::memcpy(&a, p, 4);
+    std::memcpy(&b, p + n - 4, 4);
+    any = a | b;
+  } else if (n > 0) {
+    any = static_cast<unsigned char>(p[0]) | static_cast<unsigned char>(p[n / 2]) | static_cast<unsigned char>(p[n - 1]);
+  }
+  return (any & 0x8080808080808080ULL) == 0 || valid_utf8(s);
 }
 
 /// loads<T>'s direct decoder: reads the pickle opcodes CPython (and dumps) write for plain data
@@ -146,7 +163,12 @@ class Cursor {
   }
 
   /// The next opcode (after any FRAME headers, each checked to fit the input), or -1 at the end.
-  int peek() {
+  [[gnu::always_inline]] int peek() {
+    if (pos_ < size_ && p_[pos_] != 0x95) [[likely]]
+      return p_[pos_];
+    return peek_frames();
+  }
+  [[gnu::noinline]] int peek_frames() {
     while (pos_ < size_ && p_[pos_] == 0x95) {
       if (size_ - pos_ < 9) return -1;
       std::uint64_t len = 0;
@@ -171,7 +193,24 @@ class Cursor {
     return memo_after(kOther);
   }
   /// int (or bool, as Python's int(True)) that fits int64.
-  bool integer(std::int64_t& out) {
+  [[gnu::always_inline]] bool integer(std::int64_t& out) {
+    // The common case inline: BININT1 / BININT2 with no memo opcode after it.
+    if (size_ - pos_ >= 3) [[likely]] {
+      const unsigned op = p_[pos_];
+      if (op == 0x4b && ends_plain_value(p_[pos_ + 2])) {
+        out = p_[pos_ + 1];
+        pos_ += 2;
+        return true;
+      }
+      if (op == 0x4d && size_ - pos_ >= 4 && ends_plain_value(p_[pos_ + 3])) {
+        out = p_[pos_ + 1] | (p_[pos_ + 2] << 8);
+        pos_ += 3;
+        return true;
+      }
+    }
+    return integer_other(out);
+  }
+  [[gnu::noinline]] bool integer_other(std::int64_t& out) {
     const int op = peek();
     switch (op) {
       case 0x4b:  // BININT1
@@ -230,7 +269,20 @@ class Cursor {
     return true;
   }
   /// A str (checked to be UTF-8) or bytes: a view of the input.
-  bool text(bool str, std::string_view& out) {
+  [[gnu::always_inline]] bool text(bool str, std::string_view& out) {
+    // The common case inline: a short text (SHORT_BINUNICODE / SHORT_BINBYTES) in the frame.
+    if (size_ - pos_ >= 2 && p_[pos_] == (str ? 0x8c : 0x43)) [[likely]] {
+      const std::size_t at = pos_, n = p_[pos_ + 1];
+      if (n <= size_ - pos_ - 2) [[likely]] {
+        out = std::string_view(reinterpret_cast<const char*>(p_ + at + 2), n);
+        pos_ = at + 2 + n;
+        if (str && !utf8_ok(out)) return false;
+        return memo_after(str ? kStr : kBytes, at);
+      }
+    }
+    return text_other(str, out);
+  }
+  [[gnu::noinline]] bool text_other(bool str, std::string_view& out) {
     const int op = peek();
     if (op == 0x68 || op == 0x6a) return memo_get(str ? kStr : kBytes, out);
     const std::size_t at = pos_;
@@ -294,8 +346,19 @@ class Cursor {
     pos_ = at + header + static_cast<std::size_t>(n);
     return true;
   }
+  // Whether op, after a value, is neither a memo opcode nor a FRAME (which memo_after handles).
+  static bool ends_plain_value(unsigned op) noexcept { return !(op == 0x94 || op == 0x71 || op == 0x72 || op == 0x95); }
   // The memo opcodes that may follow a value: MEMOIZE, BINPUT, LONG_BINPUT (slots in order only).
-  bool memo_after(std::uint8_t kind, std::size_t at = 0) {
+  // (Inlined: after every value. One MEMOIZE, or none, is the common case; the rest is a loop.)
+  [[gnu::always_inline]] bool memo_after(std::uint8_t kind, std::size_t at = 0) {
+    if (pos_ == size_ || ends_plain_value(p_[pos_])) return true;
+    if (p_[pos_] == 0x94) {  // MEMOIZE: the next slot
+      memo_.push_back(Entry{kind, at});
+      if (++pos_ == size_ || ends_plain_value(p_[pos_])) return true;
+    }
+    return memo_after_more(kind, at);
+  }
+  bool memo_after_more(std::uint8_t kind, std::size_t at) {
     for (;;) {
       const int op = peek();
       std::uint64_t index = 0;
@@ -695,15 +758,20 @@ struct MapConvert {
     requires(std::is_same_v<K, std::string> || (std::is_integral_v<K> && !is_char_v<K>))
   {
     auto batch = p.begin_dict(m.size());
-    for (const auto& [k, v] : m) {
-      p.item_start(batch);
-      if constexpr (std::is_same_v<K, std::string>) {
-        p.dict_key(k);
-      } else {
-        write_any<K>(p, k);
+    if constexpr (std::is_same_v<K, std::string> && std::is_integral_v<V> && !std::is_same_v<V, bool> &&
+                  !is_char_v<V> && (std::is_signed_v<V> || sizeof(V) < sizeof(std::int64_t))) {
+      for (const auto& [k, v] : m) p.str_int_item(batch, k, static_cast<std::int64_t>(v));
+    } else {
+      for (const auto& [k, v] : m) {
+        p.item_start(batch);
+        if constexpr (std::is_same_v<K, std::string>) {
+          p.dict_key(k);
+        } else {
+          write_any<K>(p, k);
+        }
+        write_any<V>(p, v);
+        p.item_end(batch);
       }
-      write_any<V>(p, v);
-      p.item_end(batch);
     }
     p.end(batch);
   }
@@ -716,25 +784,63 @@ struct MapConvert {
   {
     if (!c.open(true)) return false;
     out.clear();
-    const auto put = [&](K& k, V& v) {
+    if constexpr (std::is_same_v<K, std::string>) {
+      return read_str_keys(c, out);
+    } else {
+      const auto put = [&](K& k, V& v) {
+        const std::size_t before = out.size();
+        auto it = out.try_emplace(out.end(), std::move(k), std::move(v));  // (moves nothing when k is there)
+        if (out.size() == before) it->second = std::move(v);
+      };
+      for (;;) {
+        if (c.mark()) {
+          while (!c.take(0x75)) {  // SETITEMS
+            K k{};
+            V v{};
+            if (!Convert<K>::read(c, k) || !Convert<V>::read(c, v)) return false;
+            put(k, v);
+          }
+          continue;
+        }
+        (void)c.peek();
+        const std::size_t at = c.position();
+        K k{};
+        if (!Convert<K>::read(c, k)) return c.position() == at;  // not a key: the dict is complete
+        V v{};
+        if (!Convert<V>::read(c, v) || !c.take(0x73)) return false;  // SETITEM
+        put(k, v);
+      }
+    }
+  }
+  // read() for str keys: each key is built once, in its node, from its bytes in the input (no
+  // temporary std::string moved in), with a hint at the end: a dict sent from a sorted map (or any
+  // dict whose keys come in the map's order) costs one node and no search per item.
+  static bool read_str_keys(Cursor& c, M& out) {
+    const auto put = [&](std::string_view k, V& v) {
       const std::size_t before = out.size();
-      auto it = out.try_emplace(out.end(), std::move(k), std::move(v));  // (moves nothing when k is there)
-      if (out.size() == before) it->second = std::move(v);
+      if constexpr (std::is_trivially_copyable_v<V>) {  // (v stays as it is when its node is dropped)
+        auto it = out.emplace_hint(out.end(), std::piecewise_construct, std::forward_as_tuple(k.data(), k.size()),
+                                   std::forward_as_tuple(v));
+        if (out.size() == before) it->second = v;  // a key met again: the last value wins
+      } else {  // (try_emplace moves v only into a new node)
+        auto it = out.try_emplace(out.end(), std::string(k), std::move(v));
+        if (out.size() == before) it->second = std::move(v);
+      }
     };
     for (;;) {
       if (c.mark()) {
         while (!c.take(0x75)) {  // SETITEMS
-          K k{};
+          std::string_view k;
           V v{};
-          if (!Convert<K>::read(c, k) || !Convert<V>::read(c, v)) return false;
+          if (!c.text(true, k) || !Convert<V>::read(c, v)) return false;
           put(k, v);
         }
         continue;
       }
       (void)c.peek();
       const std::size_t at = c.position();
-      K k{};
-      if (!Convert<K>::read(c, k)) return c.position() == at;  // not a key: the dict is complete
+      std::string_view k;
+      if (!c.text(true, k)) return c.position() == at;  // not a key: the dict is complete
       V v{};
       if (!Convert<V>::read(c, v) || !c.take(0x73)) return false;  // SETITEM
       put(k, v);
@@ -845,18 +951,29 @@ T Value::as() const {
   return detail::Convert<T>::from(*this);
 }
 
+namespace detail {
+/// dumps(obj, protocol), into out (its capacity reused: Connection::send pickles into its send
+/// buffer without an allocation per message).
+template <class T>
+void dumps_into(Bytes& out, const T& obj, int protocol) {
+  static_assert(is_picklable_v<T>, "pickle::dumps<T>: T does not map to a pickle type");
+  if constexpr (std::is_same_v<T, Value>) {
+    dump_value_into(out, obj, protocol);
+  } else if constexpr (requires(Pickler& p) { Convert<T>::write(p, obj); }) {
+    Pickler p(protocol);
+    Convert<T>::write(p, obj);
+    p.finish_into(out);
+  } else {
+    dump_value_into(out, Convert<T>::to(obj), protocol);
+  }
+}
+}  // namespace detail
+
 template <class T>
 Bytes dumps(const T& obj, int protocol) {
-  static_assert(detail::is_picklable_v<T>, "pickle::dumps<T>: T does not map to a pickle type");
-  if constexpr (std::is_same_v<T, Value>) {
-    return detail::dump_value(obj, protocol);
-  } else if constexpr (requires(detail::Pickler& p) { detail::Convert<T>::write(p, obj); }) {
-    detail::Pickler p(protocol);
-    detail::Convert<T>::write(p, obj);
-    return p.finish();
-  } else {
-    return detail::dump_value(detail::Convert<T>::to(obj), protocol);
-  }
+  Bytes out;
+  detail::dumps_into(out, obj, protocol);
+  return out;
 }
 
 template <class T>
