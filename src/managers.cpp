@@ -830,6 +830,50 @@ std::vector<std::string> exposed_names(const TypeInfo& t) {
 // ============================== Server ==============================
 
 namespace {
+// The sockets of the servers in this process: listeners and served connections. A child forked
+// from a manager (a pool worker under fork) must not hold them: a worker busy with a long task
+// after its manager was killed would keep the listener and the channels open, and clients would
+// wait for a handshake or a reply that never comes instead of failing at once. Linux has no
+// close-on-fork flag, so the fork's child handler points them at /dev/null: the numbers stay
+// taken, as the child's copies of the handles still own them and close them later. An fd leaves
+// the list before it is closed, so a number here is never a reused descriptor.
+struct ServerFds {
+  std::mutex mutex;
+  std::vector<int> fds;
+};
+ServerFds& server_fds() {
+  static ServerFds* fds = [] {
+    auto* created = new ServerFds;  // never destroyed: a fork may come during the program's exit
+    detail::posix::at_fork([] { server_fds().mutex.lock(); }, [] { server_fds().mutex.unlock(); }, [] {
+      ServerFds& f = server_fds();
+      detail::posix::blank_fds(f.fds);
+      f.fds.clear();  // the child serves none of them
+      f.mutex.unlock();
+    });
+    return created;
+  }();
+  return *fds;
+}
+// While alive: fd is blanked in fork children.
+class BlankedInForkChildren {
+ public:
+  explicit BlankedInForkChildren(int fd) : fd_(fd) {
+    ServerFds& f = server_fds();
+    std::lock_guard lock(f.mutex);
+    f.fds.push_back(fd_);
+  }
+  ~BlankedInForkChildren() {
+    ServerFds& f = server_fds();
+    std::lock_guard lock(f.mutex);
+    std::erase(f.fds, fd_);
+  }
+  BlankedInForkChildren(const BlankedInForkChildren&) = delete;
+  BlankedInForkChildren& operator=(const BlankedInForkChildren&) = delete;
+
+ private:
+  int fd_;
+};
+
 thread_local Server::Impl* creating_in = nullptr;  // the server running a factory on this thread
 struct LocalObjects {
   explicit LocalObjects(Server::Impl* s) : saved(creating_in) { creating_in = s; }
@@ -841,6 +885,7 @@ struct LocalObjects {
 struct Server::Impl {
   // Empty in a RequestSandbox (a default Listener would bind a socket of its own).
   std::optional<connection::Listener> listener;
+  std::optional<BlankedInForkChildren> listener_blanked;  // (reset before the listener closes)
   Address bound;  // the listener's address (still known once it is closed)
   Bytes authkey;
   std::map<std::string, std::shared_ptr<detail::managers::TypeInfo>, std::less<>> types;
@@ -1201,6 +1246,7 @@ struct Server::Impl {
   struct Listed {
     Impl& server;
     int fd;
+    BlankedInForkChildren blanked{fd};
     Listed(Impl& s, Connection& c) : server(s), fd(c.fileno()) {
       std::lock_guard lock(server.channels_mutex);
       server.channel_fds.push_back(fd);
@@ -1278,6 +1324,7 @@ struct Server::Impl {
     reap(true);
     // Clients that come later (a proxy's last decref) are refused at once instead of waiting in
     // the backlog for a handshake that never comes.
+    listener_blanked.reset();
     try {
       listener->close();
     } catch (const std::exception&) {
@@ -1382,6 +1429,7 @@ Server BaseManager::get_server() {
   o.backlog = 128;
   o.handshake_timeout = kManagerHandshake;
   s->listener = connection::Listener(impl_->address, o);
+  s->listener_blanked.emplace(s->listener->fileno());
   s->authkey = impl_->authkey;
   s->types = impl_->types;
   s->bound = s->listener->address();

@@ -122,4 +122,12 @@ std::vector<std::byte> recv_with_fds(int socket, std::size_t max_data, std::vect
 
 UniqueFd dup_cloexec(int fd) { return UniqueFd(check_unix(::fcntl(fd, F_DUPFD_CLOEXEC, 0), "fcntl(F_DUPFD_CLOEXEC)")); }
 
+void blank_fds(std::span<const int> fds) noexcept {
+  if (fds.empty()) return;
+  const int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null < 0) return;
+  for (int fd : fds) (void)::dup3(null, fd, O_CLOEXEC);
+  ::close(null);
+}
+
 }  // namespace mp::detail::posix

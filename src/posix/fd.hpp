@@ -20,6 +20,10 @@ T check_unix(T result, const char* what) {
   return result;
 }
 
+/// Points each fd at /dev/null (the numbers stay open, their files are let go). For a fork's
+/// child handler: async-signal-safe, and never fails (an fd it cannot blank stays as it was).
+void blank_fds(std::span<const int> fds) noexcept;
+
 /// Retries a call while it fails with EINTR (never use it for close()).
 template <class F>
 auto retry_eintr(F call) {
