@@ -4,6 +4,7 @@
 // that are not trivially copyable), the Pickler's one-call str -> int items, and the first dict's
 // key list that a second dict turns into the key memo.
 #include <multiprocessing/pickle.hpp>
+#include "helpers/hex.hpp"
 
 #include <gtest/gtest.h>
 
@@ -20,24 +21,7 @@ using mp::Bytes;
 using mp::pickle::Value;
 namespace pickle = mp::pickle;
 
-Bytes from_hex(const std::string& hex) {
-  Bytes out;
-  unsigned v = 0;
-  int n = 0;
-  for (char c : hex) {
-    int d = -1;
-    if (c >= '0' && c <= '9') d = c - '0';
-    if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-    if (d < 0) continue;
-    v = v * 16 + static_cast<unsigned>(d);
-    if (++n == 2) {
-      out.push_back(static_cast<std::byte>(v));
-      v = 0;
-      n = 0;
-    }
-  }
-  return out;
-}
+using mp::testing::from_hex;
 
 // A protocol 4 pickle of a str of any bytes (SHORT_BINUNICODE, MEMOIZE), unchecked.
 Bytes str_pickle(const std::string& raw) {

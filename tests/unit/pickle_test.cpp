@@ -3,6 +3,7 @@
 // reader that refuses hostile input with std::invalid_argument. The comparison against a live
 // python3 is tests/interop/pickle_interop_test.cpp.
 #include <multiprocessing/pickle.hpp>
+#include "helpers/hex.hpp"
 
 #include <gtest/gtest.h>
 
@@ -23,24 +24,7 @@ using mp::Bytes;
 using mp::pickle::Value;
 namespace pickle = mp::pickle;
 
-Bytes from_hex(const std::string& hex) {
-  Bytes out;
-  unsigned v = 0;
-  int n = 0;
-  for (char c : hex) {
-    int d = -1;
-    if (c >= '0' && c <= '9') d = c - '0';
-    if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-    if (d < 0) continue;
-    v = v * 16 + static_cast<unsigned>(d);
-    if (++n == 2) {
-      out.push_back(static_cast<std::byte>(v));
-      v = 0;
-      n = 0;
-    }
-  }
-  return out;
-}
+using mp::testing::from_hex;
 
 std::string to_hex(const Bytes& b) {
   static const char* digits = "0123456789abcdef";
