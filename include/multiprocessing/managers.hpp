@@ -637,36 +637,23 @@ class PoolIMapHeld {
 template <class R>
 class PoolIMapOf final : public PoolIMapHeld {
  public:
-  PoolIMapOf(Pool pool, IMapIterator<R> it, std::size_t total, const std::type_info& task)
-      : pool_(std::move(pool)), it_(std::move(it)), total_(total), task_(&task) {}
+  PoolIMapOf(Pool pool, IMapIterator<R> it, const std::type_info& task)
+      : pool_(std::move(pool)), it_(std::move(it)), task_(&task) {}
   std::optional<Bytes> next(Timeout timeout) override {
-    if (consumed_ >= total_) throw StopIteration("mp: IMapIterator::next() past the end");
-    const auto deadline = std::chrono::steady_clock::now() +
-                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout.value_or(Duration(0)));
+    auto item = it_.take(timeout);
+    if (!item) return std::nullopt;
     PoolOutcome<R> outcome;
-    try {
-      if constexpr (std::is_void_v<R>) {
-        timeout ? it_.next(*timeout) : it_.next();
-        outcome.template emplace<0>();
-      } else {
-        outcome.template emplace<0>(timeout ? it_.next(*timeout) : it_.next());
+    if (item->index() == 1) {
+      try {
+        std::rethrow_exception(std::get<1>(*item));
+      } catch (...) {
+        outcome.template emplace<1>(describe_current_exception(*task_));
       }
-    } catch (const std::exception& e) {
-      // mp::IMapIterator::next() reports its own timeout and end with the same types a task may
-      // throw; the exact type and text, and for a timeout the deadline, tell them apart (a task's
-      // exception is a copy made from its encoding, never the iterator's own).
-      if (typeid(e) == typeid(TimeoutError) && timeout && std::chrono::steady_clock::now() >= deadline &&
-          std::string_view(e.what()) == "mp: IMapIterator::next() timed out")
-        return std::nullopt;
-      if (typeid(e) == typeid(StopIteration) && std::string_view(e.what()) == "mp: IMapIterator::next() past the end") {
-        consumed_ = total_;  // the input ended early (the pool refused it)
-        throw;
-      }
-      outcome.template emplace<1>(describe_current_exception(*task_));
-    } catch (...) {
-      outcome.template emplace<1>(describe_current_exception(*task_));
+    } else if constexpr (std::is_void_v<R>) {
+      outcome.template emplace<0>();
+    } else {
+      outcome.template emplace<0>(std::move(std::get<0>(*item)));
     }
-    ++consumed_;
     return mp::dumps(outcome);
   }
   void cancel() override {
@@ -679,8 +666,6 @@ class PoolIMapOf final : public PoolIMapHeld {
  private:
   Pool pool_;
   IMapIterator<R> it_;
-  std::size_t total_;
-  std::size_t consumed_ = 0;
   const std::type_info* task_;
 };
 using PoolIMapEntry = std::shared_ptr<PoolIMapHeld> (*)(Pool& pool, ErasedFn fn, std::span<const std::byte> args,
@@ -691,11 +676,10 @@ std::shared_ptr<PoolIMapHeld> pool_imap_entry(Pool& pool, ErasedFn erased, std::
   using R = pool_result_t<Fn, Item, false>;
   auto decoded = mp::loads<std::tuple<std::vector<Item>, std::uint64_t>>(args);
   std::vector<Item> items = std::move(std::get<0>(decoded));
-  const std::size_t total = items.size();
   const auto chunksize = std::max<std::size_t>(1, static_cast<std::size_t>(std::get<1>(decoded)));
   Fn fn = pool_task_from<Fn>(erased);
   IMapIterator<R> it = ordered ? pool.imap(fn, std::move(items), chunksize) : pool.imap_unordered(fn, std::move(items), chunksize);
-  return std::make_shared<PoolIMapOf<R>>(pool, std::move(it), total, typeid(Fn));
+  return std::make_shared<PoolIMapOf<R>>(pool, std::move(it), typeid(Fn));
 }
 
 /// The client's side of a manager wait: how long the next call may wait in the manager (at most

@@ -46,6 +46,10 @@ Bytes pool_state_encode(const std::type_info& type, const Bytes& value);
 /// In a worker: the encoding of its state; std::logic_error without one, std::invalid_argument
 /// when type is not the type that was set.
 std::span<const std::byte> pool_state_value(const std::type_info& type);
+namespace managers {
+template <class R>
+class PoolIMapOf;  // (managers.hpp: a manager's imap, which takes IMapIterator's results as they are)
+}  // namespace managers
 }  // namespace detail
 
 struct PoolOptions {
@@ -270,6 +274,16 @@ class IMapIterator {
     return s.yielded < s.total;
   }
   R next_impl(Timeout timeout) {
+    auto item = take(timeout);
+    if (!item) throw TimeoutError("mp: IMapIterator::next() timed out");
+    if (item->index() == 1) std::rethrow_exception(std::get<1>(*item));
+    if constexpr (!std::is_void_v<R>) return std::move(std::get<0>(*item));
+  }
+  // The next result as it arrived (its task's exception not thrown); nullopt when timeout ran
+  // out first; StopIteration past the end. (A manager's imap proxy relays it as it is.)
+  template <class>
+  friend class detail::managers::PoolIMapOf;
+  std::optional<typename detail::PoolIMapState<R>::Item> take(Timeout timeout) {
     auto& s = state();
     std::optional<std::chrono::steady_clock::time_point> deadline;
     if (timeout) deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::nanoseconds>(*timeout);
@@ -291,7 +305,7 @@ class IMapIterator {
       if (!deadline) {
         s.changed.wait(lock, ok);
       } else if (!s.changed.wait_until(lock, *deadline, ok)) {
-        throw TimeoutError("mp: IMapIterator::next() timed out");
+        return std::nullopt;
       }
     }
     typename detail::PoolIMapState<R>::Item item;
@@ -303,9 +317,7 @@ class IMapIterator {
       s.arrived.pop_front();
     }
     ++s.yielded;
-    lock.unlock();
-    if (item.index() == 1) std::rethrow_exception(std::get<1>(item));
-    if constexpr (!std::is_void_v<R>) return std::move(std::get<0>(item));
+    return item;
   }
 
   std::shared_ptr<detail::PoolIMapState<R>> state_;
