@@ -496,6 +496,12 @@ pickle::Value code_ref_value(F* f) {
 using PoolEntry = Bytes (*)(Pool& pool, ErasedFn fn, std::span<const std::byte> args);
 template <class Out>
 using PoolOutcome = std::variant<PoolStored<Out>, TaskError>;
+/// The client's end of an outcome: the value, or the task's exception rethrown as mp::Pool does.
+template <class Out>
+Out pool_outcome_value(PoolOutcome<Out>&& outcome) {
+  if (outcome.index() == 1) std::rethrow_exception(make_task_exception(std::get<1>(outcome)));
+  if constexpr (!std::is_void_v<Out>) return std::move(std::get<0>(outcome));
+}
 
 template <class Fn>
 Fn pool_task_from(ErasedFn erased) {
@@ -877,8 +883,7 @@ class AsyncResultProxy : public BaseProxy {
     std::optional<Outcome> outcome = fetch(timeout);
     if (!outcome) throw TimeoutError("mp: AsyncResultProxy::get() timed out");
     run_callbacks(*outcome);
-    if (outcome->index() == 1) std::rethrow_exception(detail::make_task_exception(std::get<1>(*outcome)));
-    if constexpr (!std::is_void_v<R>) return std::move(std::get<0>(*outcome));
+    return detail::managers::pool_outcome_value<R>(std::move(*outcome));
   }
   // The result is known to be ready: the callbacks run now if they have not (one more call).
   void settle() {
@@ -948,8 +953,12 @@ class IMapIteratorProxy : public BaseProxy {
       current_.reset();
       std::optional<Outcome> outcome = owner_->next_impl(std::nullopt);
       if (!outcome) return;
-      if (outcome->index() == 1) std::rethrow_exception(detail::make_task_exception(std::get<1>(*outcome)));
-      current_.emplace(std::move(std::get<0>(*outcome)));
+      if constexpr (std::is_void_v<R>) {
+        detail::managers::pool_outcome_value<R>(std::move(*outcome));
+        current_.emplace();
+      } else {
+        current_.emplace(detail::managers::pool_outcome_value<R>(std::move(*outcome)));
+      }
     }
     IMapIteratorProxy* owner_ = nullptr;
     mutable std::optional<value_type> current_;
@@ -974,8 +983,7 @@ class IMapIteratorProxy : public BaseProxy {
   }
   static R unwrap(std::optional<Outcome> outcome) {
     if (!outcome) throw StopIteration("mp: IMapIteratorProxy::next() past the end");
-    if (outcome->index() == 1) std::rethrow_exception(detail::make_task_exception(std::get<1>(*outcome)));
-    if constexpr (!std::is_void_v<R>) return std::move(std::get<0>(*outcome));
+    return detail::managers::pool_outcome_value<R>(std::move(*outcome));
   }
 };
 
@@ -1129,9 +1137,7 @@ class PoolProxy : public BaseProxy {
     pickle::Value fn = pickle::Value();
     if constexpr (std::is_pointer_v<std::decay_t<F>>) fn = detail::managers::code_ref_value(f);
     const Bytes reply = callmethod<Bytes>(method, detail::managers::code_ref_value(entry), fn, args);
-    auto outcome = mp::loads<detail::managers::PoolOutcome<Out>>(reply);
-    if (outcome.index() == 1) std::rethrow_exception(detail::make_task_exception(std::get<1>(outcome)));
-    if constexpr (!std::is_void_v<Out>) return std::move(std::get<0>(outcome));
+    return detail::managers::pool_outcome_value<Out>(mp::loads<detail::managers::PoolOutcome<Out>>(reply));
   }
 };
 
