@@ -785,62 +785,50 @@ struct MapConvert {
     if (!c.open(true)) return false;
     out.clear();
     if constexpr (std::is_same_v<K, std::string>) {
-      return read_str_keys(c, out);
+      // Each str key is built once, in its node, from its bytes in the input (no temporary
+      // std::string moved in), with a hint at the end: a dict sent from a sorted map (or any dict
+      // whose keys come in the map's order) costs one node and no search per item.
+      return read_items<std::string_view>(
+          c, [](Cursor& cur, std::string_view& k) { return cur.text(true, k); },
+          [&](std::string_view k, V& v) {
+            const std::size_t before = out.size();
+            if constexpr (std::is_trivially_copyable_v<V>) {  // (v stays as it is when its node is dropped)
+              auto it = out.emplace_hint(out.end(), std::piecewise_construct, std::forward_as_tuple(k.data(), k.size()),
+                                         std::forward_as_tuple(v));
+              if (out.size() == before) it->second = v;  // a key met again: the last value wins
+            } else {  // (try_emplace moves v only into a new node)
+              auto it = out.try_emplace(out.end(), std::string(k), std::move(v));
+              if (out.size() == before) it->second = std::move(v);
+            }
+          });
     } else {
-      const auto put = [&](K& k, V& v) {
-        const std::size_t before = out.size();
-        auto it = out.try_emplace(out.end(), std::move(k), std::move(v));  // (moves nothing when k is there)
-        if (out.size() == before) it->second = std::move(v);
-      };
-      for (;;) {
-        if (c.mark()) {
-          while (!c.take(0x75)) {  // SETITEMS
-            K k{};
-            V v{};
-            if (!Convert<K>::read(c, k) || !Convert<V>::read(c, v)) return false;
-            put(k, v);
-          }
-          continue;
-        }
-        (void)c.peek();
-        const std::size_t at = c.position();
-        K k{};
-        if (!Convert<K>::read(c, k)) return c.position() == at;  // not a key: the dict is complete
-        V v{};
-        if (!Convert<V>::read(c, v) || !c.take(0x73)) return false;  // SETITEM
-        put(k, v);
-      }
+      return read_items<K>(
+          c, [](Cursor& cur, K& k) { return Convert<K>::read(cur, k); },
+          [&](K& k, V& v) {
+            const std::size_t before = out.size();
+            auto it = out.try_emplace(out.end(), std::move(k), std::move(v));  // (moves nothing when k is there)
+            if (out.size() == before) it->second = std::move(v);
+          });
     }
   }
-  // read() for str keys: each key is built once, in its node, from its bytes in the input (no
-  // temporary std::string moved in), with a hint at the end: a dict sent from a sorted map (or any
-  // dict whose keys come in the map's order) costs one node and no search per item.
-  static bool read_str_keys(Cursor& c, M& out) {
-    const auto put = [&](std::string_view k, V& v) {
-      const std::size_t before = out.size();
-      if constexpr (std::is_trivially_copyable_v<V>) {  // (v stays as it is when its node is dropped)
-        auto it = out.emplace_hint(out.end(), std::piecewise_construct, std::forward_as_tuple(k.data(), k.size()),
-                                   std::forward_as_tuple(v));
-        if (out.size() == before) it->second = v;  // a key met again: the last value wins
-      } else {  // (try_emplace moves v only into a new node)
-        auto it = out.try_emplace(out.end(), std::string(k), std::move(v));
-        if (out.size() == before) it->second = std::move(v);
-      }
-    };
+  // read()'s items: batches (MARK key value ... SETITEMS) or single items (key value SETITEM),
+  // each key read by read_key into a Key, each item stored by put.
+  template <class Key, class ReadKey, class Put>
+  static bool read_items(Cursor& c, ReadKey read_key, Put put) {
     for (;;) {
       if (c.mark()) {
         while (!c.take(0x75)) {  // SETITEMS
-          std::string_view k;
+          Key k{};
           V v{};
-          if (!c.text(true, k) || !Convert<V>::read(c, v)) return false;
+          if (!read_key(c, k) || !Convert<V>::read(c, v)) return false;
           put(k, v);
         }
         continue;
       }
       (void)c.peek();
       const std::size_t at = c.position();
-      std::string_view k;
-      if (!c.text(true, k)) return c.position() == at;  // not a key: the dict is complete
+      Key k{};
+      if (!read_key(c, k)) return c.position() == at;  // not a key: the dict is complete
       V v{};
       if (!Convert<V>::read(c, v) || !c.take(0x73)) return false;  // SETITEM
       put(k, v);
